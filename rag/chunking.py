@@ -1,0 +1,127 @@
+"""Posts -> chunks: one section per heading, long sections split further, sized in embedder tokens."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from langchain_text_splitters import ExperimentalMarkdownSyntaxTextSplitter, RecursiveCharacterTextSplitter
+
+from .feed import Post
+
+SEPARATORS = ["\n\n", "\n", ". ", "; ", ", ", " ", ""]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    post_guid: str
+    post_title: str
+    section: str  # heading path, "Q3: ... > How OOB error is computed"; the post title before any heading
+    section_no: int  # ordinal of the section in its post: chunks of one section share it
+    url: str  # link to the post, with the section anchor when there is a heading
+    text: str  # the passage as shown and cited
+    position: int  # ordinal of the chunk in its post
+
+    @property
+    def embed_text(self) -> str:
+        """What the embedder and BM25 see: the passage with its post title and headings as context."""
+        return context_prefix(self.post_title, self.section) + self.text
+
+
+def context_prefix(title: str, section: str) -> str:
+    return f"{title}\n{section}\n\n" if section and section != title else f"{title}\n\n"
+
+
+def anchor(heading: str) -> str:
+    """Substack's heading anchor: '#§' plus a slug of the heading text."""
+    text = unicodedata.normalize("NFKD", heading).encode("ascii", "ignore").decode().lower()
+    slug = re.sub(r"[^a-z0-9\s-]", "", text)
+    return "§" + re.sub(r"[\s-]+", "-", slug).strip("-")
+
+
+def sections(markdown: str) -> list[tuple[list[str], str]]:
+    """(heading path, body) per section, in order; code blocks stay inside their section."""
+    docs = ExperimentalMarkdownSyntaxTextSplitter(strip_headers=True).split_text(markdown + "\n")
+    out: list[tuple[list[str], str]] = []
+    for doc in docs:
+        path = [v.strip() for k, v in sorted(doc.metadata.items()) if k.startswith("Header")]
+        body = doc.page_content.strip()
+        if out and out[-1][0] == path:
+            out[-1] = (path, out[-1][1] + "\n\n" + body)
+        else:
+            out.append((path, body))
+    return out
+
+
+class Chunker:
+    def __init__(self, tokenizer, max_tokens: int = 256, overlap: int = 32, min_tokens: int = 48):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.overlap = overlap
+        self.min_tokens = min_tokens
+
+    def count(self, text: str) -> int:
+        """Tokens the embedder sees, special tokens included."""
+        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+
+    def _split(self, body: str, budget: int) -> list[str]:
+        splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
+            self.tokenizer, chunk_size=budget, chunk_overlap=min(self.overlap, budget // 4),
+            separators=SEPARATORS, keep_separator="end")
+        return [p.strip() for p in splitter.split_text(body) if p.strip()]
+
+    def _fit(self, prefix: str, body: str) -> list[str]:
+        """Split body so that prefix + piece never exceeds max_tokens (the splitter's sums are estimates)."""
+        budget = self.max_tokens - self.count(prefix)
+        pieces = self._split(body, budget)
+        while any(self.count(prefix + p) > self.max_tokens for p in pieces):
+            budget = int(budget * 0.9)
+            pieces = self._split(body, budget)
+        return pieces
+
+    def chunk(self, post: Post) -> list[Chunk]:
+        pieces: list[tuple[int, list[str], str]] = []
+        for section_no, (path, body) in enumerate(sections(post.markdown)):
+            if not body:
+                continue
+            path = path or [post.title]  # text before the first heading belongs to the post as a whole
+            section = " > ".join(path)
+            prefix = context_prefix(post.title, self._short(section))
+            pieces += [(section_no, path, p) for p in self._fit(prefix, body)]
+        pieces = self._merge_orphans(post.title, pieces)
+        return [
+            Chunk(post.guid, post.title, " > ".join(path), no,
+                  post.url if path == [post.title] else f"{post.url}#{anchor(path[-1])}", text, i)
+            for i, (no, path, text) in enumerate(pieces)
+        ]
+
+    def _short(self, section: str) -> str:
+        """Heading paths are context, not content: keep them from eating the token budget."""
+        ids = self.tokenizer(section, add_special_tokens=False)["input_ids"]
+        return section if len(ids) <= 64 else self.tokenizer.decode(ids[:64])
+
+    def _merge_orphans(self, title: str, pieces: list) -> list:
+        """A short piece joins its neighbour in the post (previous first) when the result still fits."""
+        out: list = []
+        for piece in pieces:
+            no, path, text = piece
+            if out and self.count(text) < self.min_tokens:
+                pno, ppath, ptext = out[-1]
+                merged = f"{ptext}\n\n{self._label(path, ppath)}{text}"
+                if self.count(context_prefix(title, self._short(" > ".join(ppath))) + merged) <= self.max_tokens:
+                    out[-1] = (pno, ppath, merged)
+                    continue
+            if out and self.count(out[-1][2]) < self.min_tokens:
+                pno, ppath, ptext = out[-1]
+                merged = f"{self._label(ppath, path)}{ptext}\n\n{text}"
+                if self.count(context_prefix(title, self._short(" > ".join(path))) + merged) <= self.max_tokens:
+                    out[-1] = (no, path, merged)
+                    continue
+            out.append(piece)
+        return out
+
+    @staticmethod
+    def _label(path: list[str], host_path: list[str]) -> str:
+        """A merged-in piece from another section keeps its heading, so the text still reads right."""
+        return "" if path == host_path or not path else f"{path[-1]}\n\n"

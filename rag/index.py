@@ -1,0 +1,307 @@
+"""The index on disk: generations of (SQLite posts + chunks + FTS5 keyword index, FAISS vectors, manifest).
+
+Layout of index_dir:
+    CURRENT             name of the generation being served (replaced atomically)
+    gen-<stamp>/        chunks.sqlite, vectors.faiss, manifest.json
+    .tmp-gen-<stamp>/   a generation being written; a killed run leaves one, the next run deletes it
+    .lock               held by `rag index` while it writes
+
+SQLite is the source of truth (it keeps each chunk's vector too), so a new generation copies unchanged
+posts from the old one and FAISS is always derived from it. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .chunking import Chunk
+from .feed import Post
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_FILE, VECTORS_FILE, MANIFEST_FILE, CURRENT_FILE = "chunks.sqlite", "vectors.faiss", "manifest.json", "CURRENT"
+
+SCHEMA = """
+CREATE TABLE posts (
+    guid TEXT PRIMARY KEY, title TEXT NOT NULL, url TEXT NOT NULL, date TEXT NOT NULL,
+    author TEXT NOT NULL, markdown TEXT NOT NULL, content_hash TEXT NOT NULL);
+CREATE TABLE chunks (
+    id INTEGER PRIMARY KEY, post_guid TEXT NOT NULL REFERENCES posts(guid), section TEXT NOT NULL,
+    section_no INTEGER NOT NULL, url TEXT NOT NULL, text TEXT NOT NULL, position INTEGER NOT NULL,
+    embedding BLOB NOT NULL);
+CREATE INDEX chunks_by_section ON chunks(post_guid, section_no);
+CREATE VIRTUAL TABLE chunks_fts USING fts5(body, tokenize='porter unicode61');
+"""
+
+# Query words that carry no topic; FTS5 would rank on them otherwise.
+STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before
+being below between both but by can could did do does doing down during each few for from further had has have
+having he her here hers him his how i if in into is it its itself just me more most my no nor not now of off on
+once only or other our out over own same she should so some such than that the their them then there these they
+this those through to too under until up very was we were what when where which while who whom why will with
+would you your explain tell describe difference between vs versus""".split())
+
+
+class IndexUnavailable(Exception):
+    """The index is missing, corrupt or built with other settings; the message says what to do."""
+
+
+def manifest_for(settings: Settings, dimension: int, posts: int, chunks: int, generation: str, kind: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "embedder": settings.embedder,
+        "dimension": dimension,
+        "chunking": chunking_settings(settings),
+        "faiss_index": kind,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "generation": generation,
+        "counts": {"posts": posts, "chunks": chunks},
+    }
+
+
+def chunking_settings(settings: Settings) -> dict:
+    return {"max_tokens": settings.max_chunk_tokens, "overlap_tokens": settings.chunk_overlap_tokens,
+            "min_tokens": settings.min_chunk_tokens}
+
+
+def mismatches(manifest: dict, settings: Settings) -> list[str]:
+    """What differs between how an index was built and how it is configured now."""
+    wanted = {"schema_version": SCHEMA_VERSION, "embedder": settings.embedder,
+              "chunking": chunking_settings(settings)}
+    return [f"{k}: index has {manifest.get(k)!r}, settings want {v!r}" for k, v in wanted.items()
+            if manifest.get(k) != v]
+
+
+def keyword_query(text: str) -> str:
+    """A safe FTS5 OR-query from free text: quoted words, so user input is never FTS syntax."""
+    words = dict.fromkeys(w for w in re.findall(r"\w+", text.lower()) if w not in STOPWORDS and len(w) > 1)
+    return " OR ".join(f'"{w}"' for w in list(words)[:64])
+
+
+def current_generation(index_dir: Path) -> str | None:
+    try:
+        name = (index_dir / CURRENT_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+@dataclass(frozen=True)
+class StoredPost:
+    guid: str
+    title: str
+    url: str
+    date: str
+    author: str
+    content_hash: str
+    chunks: int
+
+
+class Index:
+    """A read-only view of one generation. Safe to share between threads."""
+
+    def __init__(self, path: Path, manifest: dict, db: sqlite3.Connection, vectors: faiss.Index):
+        self.path, self.manifest, self.db, self.vectors = path, manifest, db, vectors
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Index":
+        index_dir = settings.index_dir
+        name = current_generation(index_dir)
+        if name is None:
+            raise IndexUnavailable(f"no index at {index_dir}: build it with `rag index` (or `make index`)")
+        path = index_dir / name
+        try:
+            manifest = json.loads((path / MANIFEST_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise IndexUnavailable(f"index {path} is incomplete or corrupt ({e}); run `rag index --rebuild`") from e
+        problems = mismatches(manifest, settings)
+        if problems:
+            raise IndexUnavailable(f"index {path} was built with other settings ({'; '.join(problems)}); "
+                              f"run `rag index --rebuild` to rebuild it with the current settings")
+        try:
+            db = sqlite3.connect(f"file:{path / DB_FILE}?mode=ro", uri=True, check_same_thread=False)
+            (count,) = db.execute("SELECT count(*) FROM chunks").fetchone()
+            vectors = faiss.read_index(str(path / VECTORS_FILE))
+        except (sqlite3.Error, RuntimeError, OSError) as e:
+            raise IndexUnavailable(f"index {path} is corrupt ({e}); run `rag index --rebuild`") from e
+        if vectors.ntotal != count or vectors.d != manifest.get("dimension"):
+            raise IndexUnavailable(f"index {path} is inconsistent ({vectors.ntotal} vectors of dimension {vectors.d}, "
+                              f"{count} chunks); run `rag index --rebuild`")
+        return cls(path, manifest, db, vectors)
+
+    @property
+    def generation(self) -> str:
+        return self.path.name
+
+    def _query(self, sql: str, args=()) -> list:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def dense_search(self, query_vectors: np.ndarray, k: int) -> list[tuple[int, float]]:
+        scores, ids = self.vectors.search(np.ascontiguousarray(query_vectors, dtype="float32"), k)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def keyword_search(self, text: str, k: int, post_guid: str | None = None) -> list[tuple[int, float]]:
+        query = keyword_query(text)
+        if not query:
+            return []
+        # bm25() is lower-is-better; negate so every score here is higher-is-better.
+        sql = ("SELECT f.rowid, -bm25(chunks_fts) AS s FROM chunks_fts f"
+               + (" JOIN chunks c ON c.id = f.rowid WHERE c.post_guid = ? AND" if post_guid else " WHERE")
+               + " chunks_fts MATCH ? ORDER BY s DESC LIMIT ?")
+        args = (post_guid, query, k) if post_guid else (query, k)
+        return [(int(i), float(s)) for i, s in self._query(sql, args)]
+
+    def chunks(self, ids: list[int]) -> dict[int, Chunk]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._query(
+            f"SELECT c.id, c.post_guid, p.title, c.section, c.section_no, c.url, c.text, c.position "
+            f"FROM chunks c JOIN posts p ON p.guid = c.post_guid WHERE c.id IN ({marks})", list(ids))
+        return {r[0]: Chunk(*r[1:]) for r in rows}
+
+    def section_chunks(self, post_guid: str, section_no: int) -> list[tuple[int, Chunk]]:
+        rows = self._query(
+            "SELECT c.id, c.post_guid, p.title, c.section, c.section_no, c.url, c.text, c.position "
+            "FROM chunks c JOIN posts p ON p.guid = c.post_guid WHERE c.post_guid = ? AND c.section_no = ? "
+            "ORDER BY c.position", (post_guid, section_no))
+        return [(r[0], Chunk(*r[1:])) for r in rows]
+
+    def posts(self) -> list[StoredPost]:
+        rows = self._query("SELECT p.guid, p.title, p.url, p.date, p.author, p.content_hash, count(c.id) "
+                           "FROM posts p LEFT JOIN chunks c ON c.post_guid = p.guid "
+                           "GROUP BY p.guid ORDER BY p.date DESC")
+        return [StoredPost(*r) for r in rows]
+
+    def post_dates(self) -> dict[str, str]:
+        return {p.guid: p.date for p in self.posts()}
+
+    def close(self):
+        self.db.close()
+
+
+# ---------------------------------------------------------------- writing a generation
+
+
+class GenerationWriter:
+    """Writes a new generation into a temporary directory; `commit` makes it current atomically."""
+
+    def __init__(self, settings: Settings, dimension: int):
+        self.settings, self.dimension = settings, dimension
+        self.name = f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}"
+        self.tmp = settings.index_dir / f".tmp-{self.name}"
+        self.tmp.mkdir(parents=True)
+        self.db = sqlite3.connect(self.tmp / DB_FILE)
+        self.db.executescript(SCHEMA)
+        self.next_id = 0
+
+    def add_post(self, post: Post | tuple) -> None:
+        row = (post.guid, post.title, post.url, post.date, post.author, post.markdown, post.content_hash) \
+            if isinstance(post, Post) else tuple(post)
+        self.db.execute("INSERT INTO posts VALUES (?,?,?,?,?,?,?)", row)
+
+    def add_chunks(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        for chunk, vector in zip(chunks, vectors, strict=True):
+            self.db.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?)",
+                            (self.next_id, chunk.post_guid, chunk.section, chunk.section_no, chunk.url,
+                             chunk.text, chunk.position, np.asarray(vector, dtype="float32").tobytes()))
+            self.db.execute("INSERT INTO chunks_fts(rowid, body) VALUES (?, ?)", (self.next_id, chunk.embed_text))
+            self.next_id += 1
+
+    def commit(self) -> str:
+        """Finish the files, then switch CURRENT to this generation in one atomic rename."""
+        vectors = np.frombuffer(b"".join(
+            r[0] for r in self.db.execute("SELECT embedding FROM chunks ORDER BY id")), dtype="float32")
+        vectors = vectors.reshape(-1, self.dimension)
+        index, kind = build_vector_index(vectors, self.dimension)
+        faiss.write_index(index, str(self.tmp / VECTORS_FILE))
+        (posts,) = self.db.execute("SELECT count(*) FROM posts").fetchone()
+        self.db.commit()
+        self.db.execute("VACUUM")
+        self.db.close()
+        manifest = manifest_for(self.settings, self.dimension, posts, len(vectors), self.name, kind)
+        _write_durably(self.tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
+        for f in self.tmp.iterdir():
+            _fsync(f)
+        _checkpoint("written")
+        final = self.settings.index_dir / self.name
+        os.rename(self.tmp, final)
+        _fsync(self.settings.index_dir)
+        _checkpoint("renamed")
+        _write_durably(self.settings.index_dir / CURRENT_FILE, self.name + "\n")
+        _checkpoint("switched")
+        return self.name
+
+    def abort(self) -> None:
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def build_vector_index(vectors: np.ndarray, dimension: int) -> tuple[faiss.Index, str]:
+    """Exact inner-product search; at blog scale flat is both exact and the fastest."""
+    index = faiss.IndexFlatIP(dimension)
+    index.add(vectors)
+    return index, "flat"
+
+
+def prune_generations(index_dir: Path, keep: int = 2) -> None:
+    """Delete leftovers of killed runs and all but the newest `keep` generations (the current one included).
+
+    The previous generation stays so that a request that opened it just before the switch can finish.
+    """
+    current = current_generation(index_dir)
+    for tmp in index_dir.glob(".tmp-gen-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    gens = sorted((p for p in index_dir.glob("gen-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+    kept = [g for g in gens if g.name == current] + [g for g in gens if g.name != current][: keep - 1]
+    for g in gens:
+        if g not in kept:
+            shutil.rmtree(g, ignore_errors=True)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checkpoint(stage: str) -> None:
+    """Fault injection for the crash tests: RAG_KILL_AT=<stage> kills this process right here."""
+    if os.environ.get("RAG_KILL_AT") == stage:
+        log.warning("RAG_KILL_AT=%s: killing the process", stage)
+        os.kill(os.getpid(), 9)
+
+
+def stats(index: Index) -> dict:
+    return {**index.manifest, "path": str(index.path), "posts": [asdict(p) for p in index.posts()]}

@@ -1,0 +1,99 @@
+"""One settings object for the whole package.
+
+Precedence, lowest to highest: the defaults below, an optional `rag.toml` (in the working directory
+or named by `RAG_CONFIG`), `RAG_<FIELD>` environment variables, then explicit overrides (CLI flags).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_FEED = PROJECT_DIR / "corpus" / "dshandbook-interview-prep.rss.xml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where things live
+    index_dir: Path = PROJECT_DIR / "index"
+    feed: str = str(DEFAULT_FEED)
+    feedback_path: Path | None = None  # default: <index_dir>/feedback.jsonl
+
+    # models: a packaged name, a Hugging Face id or a local directory / .gguf file
+    embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    generator: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    device: str = "cpu"
+    embed_batch_size: int = 32
+
+    # chunking, in embedder tokens (all-MiniLM-L6-v2 truncates at 256 word pieces)
+    max_chunk_tokens: int = 256
+    chunk_overlap_tokens: int = 32
+    min_chunk_tokens: int = 48
+
+    # retrieval
+    top_k: int = 5
+    candidates: int = 30
+    fusion: str = "convex"  # convex | rrf | dense | bm25
+    dense_weight: float = 0.6
+    rrf_k: int = 60
+    refusal_threshold: float = 0.35
+
+    # answering
+    answer_mode: str = "grounded"  # extractive | grounded | free
+    max_new_tokens: int = 160
+    max_question_chars: int = 2000
+    context_tokens: int = 900
+
+    # app
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    def __post_init__(self):
+        object.__setattr__(self, "index_dir", Path(self.index_dir))
+        if self.feedback_path is not None:
+            object.__setattr__(self, "feedback_path", Path(self.feedback_path))
+
+    @property
+    def feedback_file(self) -> Path:
+        return self.feedback_path or self.index_dir / "feedback.jsonl"
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _coerce(name: str, raw):
+    """Convert a TOML or environment value to the type of the field's default."""
+    f = {f.name: f for f in dataclasses.fields(Settings)}.get(name)
+    if f is None:
+        raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(_field_names()))}")
+    default = getattr(Settings(), name)
+    if raw is None or isinstance(default, bool) or default is None:
+        return raw
+    try:
+        return type(default)(raw) if not isinstance(default, Path) else Path(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"setting {name}={raw!r} is not a valid {type(default).__name__}") from e
+
+
+def _field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(Settings)}
+
+
+def load_settings(config: str | Path | None = None, **overrides) -> Settings:
+    """Build the settings from defaults, rag.toml, RAG_* environment and explicit overrides."""
+    values: dict = {}
+    path = Path(config or os.environ.get("RAG_CONFIG", "rag.toml"))
+    if path.is_file():
+        data = tomllib.loads(path.read_text())
+        data = data.get("rag", data)
+        values.update({k: _coerce(k, v) for k, v in data.items()})
+    for name in _field_names():
+        env = os.environ.get(f"RAG_{name.upper()}")
+        if env not in (None, ""):
+            values[name] = _coerce(name, env)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
