@@ -25,6 +25,40 @@ def _index(args, settings) -> int:
     return 0
 
 
+def _ask(args, settings) -> int:
+    from .answer import Chat
+
+    history = json.loads(open(args.history).read()) if args.history else None
+    if history is not None and not (isinstance(history, list) and all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in history)):
+        raise ValueError(f"{args.history}: history must be a JSON list of [question, answer] pairs")
+    chat = Chat(settings)
+    shown = ""
+    answer = None
+    for answer in chat.stream(args.question, history, post=args.post, mode=args.mode, k=args.k):
+        if not args.json and not answer.done:
+            print(answer.answer[len(shown):], end="", flush=True)
+            shown = answer.answer
+    if args.json:
+        print(json.dumps(answer.to_json(), ensure_ascii=False))
+        return 0
+    print(answer.answer[len(shown):] if shown else answer.answer)
+    for c in answer.citations:
+        print(f"  [{c.n}] {c.post_title} — {c.section.split(' > ')[-1]}\n      {c.url}")
+    if answer.suggestions and answer.refused:
+        print("  Try: " + " | ".join(answer.suggestions))
+    t = answer.timings
+    print(f"  ({t.get('retrieve', 0):.2f}s retrieve, {t.get('first_token', 0):.2f}s first token, "
+          f"{t.get('total', 0):.2f}s total, mode {answer.mode})", file=sys.stderr)
+    return 0
+
+
+def _eval(args, settings) -> int:
+    from .evaluate import run_eval
+
+    return run_eval(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--index", metavar="DIR", help="index directory (default: RAG_INDEX_DIR or ./index)")
@@ -40,6 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", metavar="GUID", action="append", help="remove a post from the index on purpose")
     p.add_argument("--status", action="store_true", help="show posts, chunks, build time and manifest")
     p.set_defaults(run=_index)
+
+    p = sub.add_parser("ask", parents=[common], help="answer a question from the posts")
+    p.add_argument("question")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.add_argument("--history", metavar="FILE", help="earlier turns: a JSON list of [question, answer] pairs")
+    p.add_argument("--mode", choices=("extractive", "grounded", "free"), help="answer mode (default: settings)")
+    p.add_argument("--post", metavar="GUID", help="only search this post")
+    p.add_argument("-k", type=int, help="sections to retrieve")
+    p.set_defaults(run=_ask)
+
+    p = sub.add_parser("eval", parents=[common], help="score retrieval and answers on labeled questions")
+    p.add_argument("--questions", default="eval/questions.jsonl", help="JSONL questions (default: %(default)s)")
+    p.add_argument("--out", default="eval/runs/latest", help="output directory (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--compare", action="store_true", help="run several settings side by side")
+    p.add_argument("--mode", choices=("extractive", "grounded", "free"), help="answer mode (default: settings)")
+    p.set_defaults(run=_eval)
     return parser
 
 

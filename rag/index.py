@@ -29,6 +29,7 @@ import numpy as np
 from .chunking import Chunk
 from .feed import Post
 from .settings import Settings
+from .vectors import build_vector_index
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class GenerationWriter:
         vectors = np.frombuffer(b"".join(
             r[0] for r in self.db.execute("SELECT embedding FROM chunks ORDER BY id")), dtype="float32")
         vectors = vectors.reshape(-1, self.dimension)
-        index, kind = build_vector_index(vectors, self.dimension)
+        index, kind = build_vector_index(vectors, self.dimension, self.settings)
         faiss.write_index(index, str(self.tmp / VECTORS_FILE))
         (posts,) = self.db.execute("SELECT count(*) FROM posts").fetchone()
         self.db.commit()
@@ -254,13 +255,6 @@ class GenerationWriter:
         except sqlite3.Error:
             pass
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def build_vector_index(vectors: np.ndarray, dimension: int) -> tuple[faiss.Index, str]:
-    """Exact inner-product search; at blog scale flat is both exact and the fastest."""
-    index = faiss.IndexFlatIP(dimension)
-    index.add(vectors)
-    return index, "flat"
 
 
 def prune_generations(index_dir: Path, keep: int = 2) -> None:
@@ -301,6 +295,29 @@ def _checkpoint(stage: str) -> None:
     if os.environ.get("RAG_KILL_AT") == stage:
         log.warning("RAG_KILL_AT=%s: killing the process", stage)
         os.kill(os.getpid(), 9)
+
+
+class LiveIndex:
+    """The generation CURRENT names, reopened when `rag index` switches it, so a running app picks up a rebuild.
+
+    A request keeps the Index object it started with; the previous generation stays on disk (see
+    prune_generations) and open files outlive deletion, so an in-flight request never fails on a switch.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._index: Index | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Index:
+        name = current_generation(self.settings.index_dir)
+        with self._lock:
+            if self._index is None or (name is not None and name != self._index.generation):
+                fresh = Index.open(self.settings)
+                if self._index is not None:
+                    log.info("index switched from %s to %s", self._index.generation, fresh.generation)
+                self._index = fresh
+            return self._index
 
 
 def stats(index: Index) -> dict:

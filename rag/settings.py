@@ -28,6 +28,7 @@ class Settings:
     generator: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     device: str = "cpu"
     embed_batch_size: int = 32
+    ann_threshold: int = 200_000  # vectors; past this an approximate FAISS index replaces the exact one
 
     # chunking, in embedder tokens (all-MiniLM-L6-v2 truncates at 256 word pieces)
     max_chunk_tokens: int = 256

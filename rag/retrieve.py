@@ -1,0 +1,136 @@
+"""Question -> the few post sections that answer it: dense (FAISS) and keyword (FTS5 BM25) search, fused,
+grouped into sections, with a calibrated "the posts cover this" decision."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .index import Index, LiveIndex
+from .models import embed, load_embedder
+from .settings import Settings
+
+FUSIONS = ("convex", "rrf", "dense", "bm25")
+
+
+@dataclass
+class Passage:
+    """One post section: the unit of context and of citation."""
+    post_guid: str
+    post_title: str
+    section: str
+    url: str
+    date: str
+    text: str  # the section's text (chunks joined), as shown to the user
+    context: str  # the best-matching part of the section, as given to the generator
+    score: float  # fused score of the section's best chunk
+    dense: float  # cosine similarity of the section's best chunk to the query
+    chunk_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Retrieval:
+    query: str
+    passages: list[Passage]
+    covered: bool
+    confidence: float  # the score the "covered" decision is made on
+    seconds: float
+
+
+def _minmax(scores: dict[int, float]) -> dict[int, float]:
+    if not scores:
+        return {}
+    lo, hi = min(scores.values()), max(scores.values())
+    return {i: (s - lo) / (hi - lo) if hi > lo else 1.0 for i, s in scores.items()}
+
+
+def _join_overlapping(texts: list[str]) -> str:
+    """Join consecutive chunks of a section, dropping the overlap the splitter repeated."""
+    out = texts[0] if texts else ""
+    for t in texts[1:]:
+        overlap = next((n for n in range(min(len(out), len(t), 400), 10, -1) if out.endswith(t[:n])), 0)
+        out += t[overlap:] if overlap else "\n\n" + t
+    return out
+
+
+class Retriever:
+    """Shared by the app, the CLI and the eval: `search(query, k, post=None)`."""
+
+    def __init__(self, settings: Settings, index: Index | LiveIndex | None = None):
+        self.settings = settings
+        self.live = index if index is not None else LiveIndex(settings)
+        self.model = load_embedder(settings.embedder, settings.device)
+
+    @property
+    def index(self) -> Index:
+        return self.live.get() if isinstance(self.live, LiveIndex) else self.live
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return embed(self.model, [text])
+
+    def score_chunks(self, index: Index, query: str, qvec: np.ndarray, post: str | None,
+                     fusion: str) -> tuple[dict[int, float], dict[int, float]]:
+        """Fused and dense scores of the candidate chunks."""
+        n = self.settings.candidates
+        dense_k = index.vectors.ntotal if post else n
+        dense = dict(index.dense_search(qvec, min(dense_k, index.vectors.ntotal)))
+        keyword = dict(index.keyword_search(query, n, post)) if fusion != "dense" else {}
+        if post:
+            allowed = {i for i, c in index.chunks(list(dense)).items() if c.post_guid == post}
+            dense = {i: s for i, s in dense.items() if i in allowed}
+        dense = dict(sorted(dense.items(), key=lambda kv: -kv[1])[:n])
+        ids = list(dict.fromkeys([*dense, *keyword]))
+        # exact cosine for every candidate, so keyword-only hits are comparable on the dense scale too
+        cos = dict(zip(ids, (index.vectors.reconstruct_batch(np.array(ids, dtype="int64")) @ qvec[0]).tolist())) \
+            if ids else {}
+        if fusion == "dense":
+            fused = dense
+        elif fusion == "bm25":
+            fused = keyword
+        elif fusion == "rrf":
+            k = self.settings.rrf_k
+            rank_d = {i: r for r, i in enumerate(sorted(dense, key=lambda i: -dense[i]))}
+            rank_k = {i: r for r, i in enumerate(sorted(keyword, key=lambda i: -keyword[i]))}
+            fused = {i: (1 / (k + rank_d[i]) if i in rank_d else 0) + (1 / (k + rank_k[i]) if i in rank_k else 0)
+                     for i in ids}
+        elif fusion == "convex":
+            d, b, w = _minmax({i: cos[i] for i in ids}), _minmax(keyword), self.settings.dense_weight
+            fused = {i: w * d[i] + (1 - w) * b.get(i, 0.0) for i in ids}
+        else:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        return fused, cos
+
+    def search(self, query: str, k: int | None = None, post: str | None = None,
+               fusion: str | None = None) -> Retrieval:
+        start = time.perf_counter()
+        k = k or self.settings.top_k
+        index = self.index
+        qvec = self.embed_query(query)
+        fused, cos = self.score_chunks(index, query, qvec, post, fusion or self.settings.fusion)
+        passages = self._sections(index, fused, cos, k)
+        confidence = max((p.dense for p in passages), default=0.0)
+        return Retrieval(query, passages, confidence >= self.settings.refusal_threshold, confidence,
+                         time.perf_counter() - start)
+
+    def _sections(self, index: Index, fused: dict[int, float], cos: dict[int, float], k: int) -> list[Passage]:
+        ranked = sorted(fused, key=lambda i: -fused[i])
+        chunks = index.chunks(ranked)
+        best: dict[tuple[str, int], list[int]] = {}
+        for i in ranked:
+            key = (chunks[i].post_guid, chunks[i].section_no)
+            if key in best or len(best) < k:
+                best.setdefault(key, []).append(i)
+        dates = index.post_dates()
+        passages = []
+        for (guid, section_no), hit_ids in best.items():
+            members = index.section_chunks(guid, section_no)
+            top = chunks[hit_ids[0]]
+            hits = set(hit_ids)
+            passages.append(Passage(
+                post_guid=guid, post_title=top.post_title, section=top.section, url=top.url,
+                date=dates.get(guid, ""), text=_join_overlapping([c.text for _, c in members]),
+                context=_join_overlapping([c.text for i, c in members if i in hits]),
+                score=fused[hit_ids[0]], dense=max(cos.get(i, 0.0) for i in hit_ids), chunk_ids=hit_ids))
+        return passages
