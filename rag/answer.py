@@ -71,16 +71,15 @@ class Answer:
                               for p in self.passages]}
 
 
-def condense(question: str, history: list[tuple[str, str]] | None) -> str:
-    """A standalone retrieval query for a follow-up: "and for DBSCAN?" after a k-means question keeps
-    the earlier question's subject matter. Rule-based, measured in the eval (kind `followup`)."""
+def condense(question: str, history: list[tuple[str, str]] | None) -> str | None:
+    """The earlier question a follow-up depends on ("and for DBSCAN?" after a k-means question), or None
+    for a question that stands alone. Rule-based; measured in the eval (kind `followup`)."""
     if not history:
-        return question
-    previous = history[-1][0]
+        return None
     words = content_words(question)
     if FOLLOWUP_START.match(question.strip()) or PRONOUNS.search(question) or len(words) <= 3:
-        return f"{question} {previous}"
-    return question
+        return history[-1][0]
+    return None
 
 
 def check_question(question: str, settings: Settings) -> str:
@@ -120,8 +119,9 @@ class Chat:
         if mode not in MODES:
             raise ValueError(f"unknown answer mode {mode!r}; choose one of {', '.join(MODES)}")
         question = check_question(question, self.settings)
-        query = condense(question, history)
-        retrieval = self.retriever.search(query, k, post=post, fusion=fusion)
+        context = condense(question, history)
+        retrieval = self.retriever.search(question, k, post=post, fusion=fusion, context=context)
+        query = retrieval.query
         answer = Answer(question, query, passages=retrieval.passages, mode=mode)
         answer.timings["retrieve"] = retrieval.seconds
         if not retrieval.covered or not retrieval.passages:

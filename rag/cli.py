@@ -59,6 +59,15 @@ def _eval(args, settings) -> int:
     return run_eval(args, settings)
 
 
+def _calibrate(args, settings) -> int:
+    from .calibrate import calibrate
+
+    best = calibrate(settings, args.questions, args.out)["chosen"]
+    print(f"refusal_threshold = {best['threshold']:.2f}  (refusal accuracy {best['refusal_accuracy']:.3f}, "
+          f"false refusals {best['false_refusal']:.3f}); sweep written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--index", metavar="DIR", help="index directory (default: RAG_INDEX_DIR or ./index)")
@@ -91,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="run several settings side by side")
     p.add_argument("--mode", choices=("extractive", "grounded", "free"), help="answer mode (default: settings)")
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser("calibrate", parents=[common], help="choose the refusal threshold from labeled questions")
+    p.add_argument("--questions", default="eval/questions.jsonl", help="JSONL questions (default: %(default)s)")
+    p.add_argument("--out", default="eval/calibration.json", help="where to write the sweep (default: %(default)s)")
+    p.set_defaults(run=_calibrate)
     return parser
 
 

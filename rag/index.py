@@ -177,12 +177,20 @@ class Index:
             f"FROM chunks c JOIN posts p ON p.guid = c.post_guid WHERE c.id IN ({marks})", list(ids))
         return {r[0]: Chunk(*r[1:]) for r in rows}
 
-    def section_chunks(self, post_guid: str, section_no: int) -> list[tuple[int, Chunk]]:
+    def section_chunks(self, post_guid: str, section_no: int, limit: int = 40) -> list[tuple[int, Chunk]]:
+        """The chunks of one section followed by those of its subsections, in reading order."""
         rows = self._query(
             "SELECT c.id, c.post_guid, p.title, c.section, c.section_no, c.url, c.text, c.position "
-            "FROM chunks c JOIN posts p ON p.guid = c.post_guid WHERE c.post_guid = ? AND c.section_no = ? "
-            "ORDER BY c.position", (post_guid, section_no))
-        return [(r[0], Chunk(*r[1:])) for r in rows]
+            "FROM chunks c JOIN posts p ON p.guid = c.post_guid WHERE c.post_guid = ? AND c.section_no >= ? "
+            "ORDER BY c.position LIMIT ?", (post_guid, section_no, limit))
+        out = [(r[0], Chunk(*r[1:])) for r in rows]
+        head = next((c.section for _, c in out if c.section_no == section_no), None)
+        members = []
+        for i, c in out:
+            if c.section_no != section_no and not c.section.startswith(f"{head} > "):
+                break
+            members.append((i, c))
+        return members
 
     def posts(self) -> list[StoredPost]:
         rows = self._query("SELECT p.guid, p.title, p.url, p.date, p.author, p.content_hash, count(c.id) "

@@ -39,7 +39,7 @@ class Retrieval:
     seconds: float
 
 
-def _minmax(scores: dict[int, float]) -> dict[int, float]:
+def _minmax(scores: dict) -> dict:
     if not scores:
         return {}
     lo, hi = min(scores.values()), max(scores.values())
@@ -55,6 +55,30 @@ def _join_overlapping(texts: list[str]) -> str:
     return out
 
 
+def _heading(section: str) -> str:
+    """The last two levels of a heading path: "Q2. How is missing data handled? > Naive Bayes"."""
+    return " > ".join(section.split(" > ")[-2:])
+
+
+def _section_text(members: list, section_no: int, max_words: int) -> str:
+    """A section's own text, then its subsections (with their headings) while they fit in max_words:
+    an answer often sits in a sub-part of the question whose heading the user's words match."""
+    own = _join_overlapping([c.text for _, c in members if c.section_no == section_no])
+    words = len(own.split())
+    parts, current = [own], None
+    for _, c in members:
+        if c.section_no == section_no:
+            continue
+        words += len(c.text.split())
+        if words > max_words:
+            break
+        if c.section_no != current:
+            current = c.section_no
+            parts.append(f"**{c.section.split(' > ')[-1]}**")
+        parts.append(c.text)
+    return _join_overlapping(parts) if len(parts) > 1 else own
+
+
 class Retriever:
     """Shared by the app, the CLI and the eval: `search(query, k, post=None)`."""
 
@@ -62,6 +86,7 @@ class Retriever:
         self.settings = settings
         self.live = index if index is not None else LiveIndex(settings)
         self.model = load_embedder(settings.embedder, settings.device)
+        self._headings: dict[str, np.ndarray] = {}  # heading -> vector, filled lazily
 
     @property
     def index(self) -> Index:
@@ -103,25 +128,47 @@ class Retriever:
         return fused, cos
 
     def search(self, query: str, k: int | None = None, post: str | None = None,
-               fusion: str | None = None) -> Retrieval:
+               fusion: str | None = None, context: str | None = None) -> Retrieval:
+        """Top-k sections for `query`. `context` (the previous question of a follow-up) is searched
+        together with the query and averaged with the query alone, so "and for DBSCAN?" keeps the
+        earlier subject without drowning its own words."""
         start = time.perf_counter()
         k = k or self.settings.top_k
+        fusion = fusion or self.settings.fusion
         index = self.index
-        qvec = self.embed_query(query)
-        fused, cos = self.score_chunks(index, query, qvec, post, fusion or self.settings.fusion)
-        passages = self._sections(index, fused, cos, k)
+        queries = [query] if not context else [query, f"{query} {context}"]
+        vectors = embed(self.model, queries)
+        scored = [self.score_chunks(index, q, v[None], post, fusion) for q, v in zip(queries, vectors)]
+        weights = [1.0] if not context else [self.settings.followup_weight, 1 - self.settings.followup_weight]
+        fused = {i: sum(w * f.get(i, 0.0) for w, (f, _) in zip(weights, scored)) for f, _ in scored for i in f}
+        cos = {i: max(c.get(i, -1.0) for _, c in scored) for _, c in scored for i in c}
+        qvec = vectors.mean(axis=0, keepdims=True)
+        qvec /= np.linalg.norm(qvec)
+        passages = self._sections(index, fused, cos, k, qvec)
         confidence = max((p.dense for p in passages), default=0.0)
-        return Retrieval(query, passages, confidence >= self.settings.refusal_threshold, confidence,
-                         time.perf_counter() - start)
+        return Retrieval(" ".join(queries[-1:]), passages, confidence >= self.settings.refusal_threshold,
+                         confidence, time.perf_counter() - start)
 
-    def _sections(self, index: Index, fused: dict[int, float], cos: dict[int, float], k: int) -> list[Passage]:
+    def heading_similarity(self, qvec: np.ndarray, headings: list[str]) -> np.ndarray:
+        """Cosine of the query with section headings, which in this blog are mostly the interview questions."""
+        missing = [h for h in dict.fromkeys(headings) if h not in self._headings]
+        if missing:
+            self._headings.update(zip(missing, embed(self.model, missing)))
+        return np.array([self._headings[h] for h in headings]) @ qvec[0] if headings else np.zeros(0)
+
+    def _sections(self, index: Index, fused: dict[int, float], cos: dict[int, float], k: int,
+                  qvec: np.ndarray) -> list[Passage]:
         ranked = sorted(fused, key=lambda i: -fused[i])
         chunks = index.chunks(ranked)
-        best: dict[tuple[str, int], list[int]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         for i in ranked:
-            key = (chunks[i].post_guid, chunks[i].section_no)
-            if key in best or len(best) < k:
-                best.setdefault(key, []).append(i)
+            groups.setdefault((chunks[i].post_guid, chunks[i].section_no), []).append(i)
+        keys = list(groups)
+        heads = self.heading_similarity(qvec, [_heading(chunks[groups[key][0]].section) for key in keys])
+        w = self.settings.heading_weight
+        top = _minmax({key: fused[ids[0]] for key, ids in groups.items()})
+        score = {key: top[key] + w * h for key, h in zip(keys, heads)}
+        best = {key: groups[key] for key in sorted(keys, key=lambda key: -score[key])[:k]}
         dates = index.post_dates()
         passages = []
         for (guid, section_no), hit_ids in best.items():
@@ -130,7 +177,7 @@ class Retriever:
             hits = set(hit_ids)
             passages.append(Passage(
                 post_guid=guid, post_title=top.post_title, section=top.section, url=top.url,
-                date=dates.get(guid, ""), text=_join_overlapping([c.text for _, c in members]),
+                date=dates.get(guid, ""), text=_section_text(members, section_no, self.settings.section_words),
                 context=_join_overlapping([c.text for i, c in members if i in hits]),
-                score=fused[hit_ids[0]], dense=max(cos.get(i, 0.0) for i in hit_ids), chunk_ids=hit_ids))
+                score=score[(guid, section_no)], dense=max(cos.get(i, 0.0) for i in hit_ids), chunk_ids=hit_ids))
         return passages

@@ -41,7 +41,10 @@ class Settings:
     fusion: str = "convex"  # convex | rrf | dense | bm25
     dense_weight: float = 0.6
     rrf_k: int = 60
-    refusal_threshold: float = 0.35
+    followup_weight: float = 0.3  # a follow-up's own words vs the follow-up joined to the previous question
+    heading_weight: float = 0.3  # bonus for a section whose heading matches the question
+    refusal_threshold: float = 0.45  # from `rag calibrate` on eval/questions.jsonl (eval/calibration.json)
+    section_words: int = 400  # a cited section shows its subsections up to this many words
 
     # answering
     answer_mode: str = "grounded"  # extractive | grounded | free
