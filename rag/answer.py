@@ -153,19 +153,26 @@ class Chat:
             budget -= cost
         return chosen
 
-    def _extract(self, query: str, context: list[Passage]) -> Iterator[str]:
-        """Up to three passage sentences most similar to the question, each with its citation."""
-        candidates = [(n, s) for n, p in enumerate(context) for s in sentences(p.context)]
+    def _ranked_sentences(self, query: str, context: list[Passage]) -> list[tuple[int, str, float]]:
+        """(passage index, sentence, similarity to the question), best first; the top section gets a
+        small bonus because retrieval already judged it the best match."""
+        candidates = [(n, s) for n, p in enumerate(context) for s in answer_sentences(p.context)]
         if not candidates:
+            return []
+        sims = embed(self.retriever.model, [s for _, s in candidates]) @ self.retriever.embed_query(query)[0]
+        sims += np.array([0.05 if n == 0 else 0.0 for n, _ in candidates])
+        return sorted(((n, s, float(x)) for (n, s), x in zip(candidates, sims)), key=lambda t: -t[2])
+
+    def _extract(self, query: str, context: list[Passage]) -> Iterator[str]:
+        """Up to three of the best sentences, from the best one's section, in reading order, each cited."""
+        ranked = self._ranked_sentences(query, context)
+        if not ranked:
             return
-        vectors = embed(self.retriever.model, [s for _, s in candidates])
-        sims = vectors @ self.retriever.embed_query(query)[0]
-        sims += np.array([0.05 if n == 0 else 0.0 for n, _ in candidates])  # prefer the top section
-        order = [i for i in np.argsort(-sims) if sims[i] >= sims.max() - 0.12][:3]
-        best_n = candidates[order[0]][0]
-        picked = sorted(i for i in order if candidates[i][0] == best_n)  # one section, in reading order
-        for j, i in enumerate(picked):
-            n, s = candidates[i]
+        best_n, _, best = ranked[0]
+        picked = [(n, s) for n, s, x in ranked[:3] if n == best_n and x >= best - 0.12]
+        order = {s: i for i, (_, s) in enumerate((n, s) for n, p in enumerate(context)
+                                                  for s in answer_sentences(p.context))}
+        for j, (n, s) in enumerate(sorted(picked, key=lambda t: order[t[1]])):
             yield ("" if j == 0 else " ") + f"{s.rstrip()} [{n + 1}]"
 
     def _generate(self, query: str, context: list[Passage], constrained: bool) -> Iterator[str]:
@@ -173,8 +180,14 @@ class Chat:
         context = self._fit_prompt(gen, query, context)
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": _prompt(query, context)}]
-        constraint = CopyConstraint.build(gen.tokenizer, [p.context for p in context]) if constrained else None
-        for token in gen.stream(messages, self.settings.max_new_tokens, constraint):
+        constraint = None
+        if constrained:
+            # the model orders and selects among the sentences most similar to the question
+            top = self._ranked_sentences(query, context)[: self.settings.grounded_candidates]
+            constraint = CopyConstraint.build(gen.tokenizer, [[s for m, s, _ in top if m == n]
+                                                              for n in range(len(context))])
+        penalty = 1.0 if constrained else 1.2  # free text loops without it; copying must not be penalised
+        for token in gen.stream(messages, self.settings.max_new_tokens, constraint, penalty):
             text = token.text
             if token.sentence_done and token.passage is not None:
                 text = text.rstrip() + f" [{token.passage + 1}] "
@@ -227,6 +240,16 @@ class Chat:
         answer.timings["first_token"] = answer.timings["total"] = time.perf_counter() - start
         answer.done = True
         return answer
+
+
+def answer_sentences(text: str) -> list[str]:
+    """Passage sentences that can stand alone in an answer: not headings, not lead-ins to a list."""
+    out = []
+    for s in sentences(text):
+        bare = s.replace("*", "").strip()
+        if len(bare.split()) >= 5 and not bare.endswith(":"):
+            out.append(s)
+    return out
 
 
 def _prompt(query: str, context: list[Passage]) -> str:

@@ -19,7 +19,6 @@ import torch
 from .models import ModelError, generator_location
 
 log = logging.getLogger(__name__)
-SENTENCE_END = (".", "?", "!", ":", "\n")
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Generator:
         return enc["input_ids"]
 
     def stream(self, messages: list[dict], max_new_tokens: int = 160,
-               constraint: "CopyConstraint | None" = None) -> Iterator[Token]:
+               constraint: "CopyConstraint | None" = None, repetition_penalty: float = 1.0) -> Iterator[Token]:
         """Greedy decoding with a KV cache, one token at a time, so the caller can stream and cite."""
         ids = self.prompt_ids(messages)
         eos = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}
@@ -68,6 +67,10 @@ class Generator:
             out = self.model(ids, use_cache=True)
             for _ in range(max_new_tokens):
                 logits = out.logits[0, -1]
+                if repetition_penalty != 1.0 and produced:
+                    seen = torch.tensor(sorted(set(produced)))
+                    logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition_penalty,
+                                               logits[seen] * repetition_penalty)
                 if constraint is not None:
                     logits = constraint.mask(logits, eos)
                 token = int(torch.argmax(logits))
@@ -75,9 +78,10 @@ class Generator:
                     break
                 event = constraint.advance(token) if constraint is not None else Token("")
                 produced.append(token)
-                text = self.tokenizer.decode(produced, skip_special_tokens=True)
-                event.text, shown = text[len(shown):], text
-                yield event
+                text = self.tokenizer.decode(produced, skip_special_tokens=True).lstrip()
+                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                    event.text, shown = text[len(shown):], text
+                    yield event
                 if constraint is not None and constraint.finished:
                     break
                 out = self.model(torch.tensor([[token]]), cache=out.past_key_values, use_cache=True)
@@ -102,23 +106,18 @@ class CopyConstraint:
     current_start: set[int] = field(default_factory=set)
 
     @classmethod
-    def build(cls, tokenizer, passages: list[str], max_sentences: int = 3) -> "CopyConstraint":
+    def build(cls, tokenizer, passages: list[list[str]], max_sentences: int = 3) -> "CopyConstraint":
+        """`passages` holds each passage's answer-worthy sentences; each is tokenized with a leading space,
+        as it would follow another sentence in the answer."""
         tokens, passage_of, starts, ends = [], [], [], set()
-        for n, text in enumerate(passages):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            at_start = True
-            for tok in ids:
-                pos = len(tokens)
-                piece = tokenizer.decode([tok])
-                if at_start and piece.strip():
-                    starts.append(pos)
-                    at_start = False
-                tokens.append(tok)
-                passage_of.append(n)
-                if piece.rstrip(" ").endswith(SENTENCE_END) or "\n" in piece:
-                    ends.add(pos)
-                    at_start = True
-            if tokens and (len(tokens) - 1) not in ends:
+        for n, sents in enumerate(passages):
+            for sentence in sents:
+                ids = tokenizer(" " + sentence, add_special_tokens=False)["input_ids"]
+                if not ids:
+                    continue
+                starts.append(len(tokens))
+                tokens += ids
+                passage_of += [n] * len(ids)
                 ends.add(len(tokens) - 1)
         return cls(tokens, passage_of, starts, ends, max_sentences)
 

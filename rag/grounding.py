@@ -10,9 +10,14 @@ SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[$*])|\n+")
 CITATION = re.compile(r"\s*\[\d+\]")
 
 
+LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
+
+
 def sentences(text: str) -> list[str]:
-    """Sentences and list items of a passage or an answer, citation markers removed."""
-    parts = (CITATION.sub("", s).strip(" -*\t") for s in SENTENCE_SPLIT.split(text))
+    """Sentences and list items of a passage or an answer, citation markers and bold-line labels removed."""
+    parts = (CITATION.sub("", s) for s in SENTENCE_SPLIT.split(text) if not PSEUDO_HEADING.match(s))
+    parts = (LIST_MARKER.sub("", p).strip() for p in parts)
     return [p for p in parts if len(p.split()) >= 3 or "$$" in p]
 
 

@@ -49,6 +49,7 @@ class Settings:
     # answering
     answer_mode: str = "grounded"  # extractive | grounded | free
     max_new_tokens: int = 160
+    grounded_candidates: int = 8  # sentences the copy-constrained model may choose from
     max_question_chars: int = 2000
     context_tokens: int = 900
 
