@@ -72,14 +72,13 @@ class Settings:
 
 def _coerce(name: str, raw):
     """Convert a TOML or environment value to the type of the field's default."""
-    f = {f.name: f for f in dataclasses.fields(Settings)}.get(name)
-    if f is None:
+    if name not in _field_names():
         raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(_field_names()))}")
     default = getattr(Settings(), name)
-    if raw is None or isinstance(default, bool) or default is None:
+    if default is None or isinstance(raw, type(default)):
         return raw
     try:
-        return type(default)(raw) if not isinstance(default, Path) else Path(raw)
+        return Path(raw) if isinstance(default, Path) else type(default)(raw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"setting {name}={raw!r} is not a valid {type(default).__name__}") from e
 

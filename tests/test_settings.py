@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import pytest
+
+from rag.settings import Settings, load_settings
+
+
+def test_precedence_defaults_toml_env_flags(tmp_path, monkeypatch):
+    config = tmp_path / "rag.toml"
+    config.write_text('[rag]\ntop_k = 7\nanswer_mode = "free"\nindex_dir = "from-toml"\n')
+    assert load_settings(config=tmp_path / "none.toml").top_k == Settings().top_k
+    s = load_settings(config=config)
+    assert (s.top_k, s.answer_mode, s.index_dir) == (7, "free", Path("from-toml"))
+    monkeypatch.setenv("RAG_TOP_K", "9")
+    monkeypatch.setenv("RAG_INDEX_DIR", str(tmp_path / "env-index"))
+    s = load_settings(config=config)
+    assert (s.top_k, s.answer_mode, s.index_dir) == (9, "free", tmp_path / "env-index")
+    s = load_settings(config=config, top_k=3, index_dir=None)  # a flag left unset does not override
+    assert (s.top_k, s.index_dir) == (3, tmp_path / "env-index")
+    assert s.feedback_file == tmp_path / "env-index" / "feedback.jsonl"
+
+
+def test_bad_settings_are_clear_errors(tmp_path, monkeypatch):
+    (tmp_path / "rag.toml").write_text("nonsense = 1\n")
+    with pytest.raises(ValueError, match="unknown setting 'nonsense'"):
+        load_settings(config=tmp_path / "rag.toml")
+    monkeypatch.setenv("RAG_TOP_K", "many")
+    with pytest.raises(ValueError, match="top_k='many' is not a valid int"):
+        load_settings(config=tmp_path / "none.toml")
