@@ -58,33 +58,47 @@ class Generator:
 
     def stream(self, messages: list[dict], max_new_tokens: int = 160,
                constraint: "CopyConstraint | None" = None, repetition_penalty: float = 1.0) -> Iterator[Token]:
-        """Greedy decoding with a KV cache, one token at a time, so the caller can stream and cite."""
+        """Greedy decoding with a KV cache, yielding token by token so the caller can stream and cite.
+
+        Under a copy constraint, once the model has committed to a sentence its remaining tokens are
+        forced; they are appended without asking the model and fed back in one forward pass, so a copied
+        sentence costs a few model calls instead of one per token.
+        """
         ids = self.prompt_ids(messages)
         eos = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}
         produced: list[int] = []
         shown = ""
         with self.lock, torch.inference_mode():
             out = self.model(ids, use_cache=True)
-            for _ in range(max_new_tokens):
-                logits = out.logits[0, -1]
-                if repetition_penalty != 1.0 and produced:
-                    seen = torch.tensor(sorted(set(produced)))
-                    logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition_penalty,
-                                               logits[seen] * repetition_penalty)
+            while len(produced) < max_new_tokens:
+                logits = self._penalise(out.logits[0, -1], produced, repetition_penalty)
                 if constraint is not None:
                     logits = constraint.mask(logits, eos)
                 token = int(torch.argmax(logits))
                 if token in eos:
                     break
-                event = constraint.advance(token) if constraint is not None else Token("")
-                produced.append(token)
-                text = self.tokenizer.decode(produced, skip_special_tokens=True).lstrip()
-                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    event.text, shown = text[len(shown):], text
-                    yield event
+                step = [(token, constraint.advance(token) if constraint is not None else Token(""))]
+                while constraint is not None and len(forced := constraint.forced()) == 1:
+                    (only,) = forced
+                    step.append((only, constraint.advance(only)))
+                for tok, event in step:
+                    produced.append(tok)
+                    text = self.tokenizer.decode(produced, skip_special_tokens=True).lstrip()
+                    if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                        event.text, shown = text[len(shown):], text
+                        yield event
                 if constraint is not None and constraint.finished:
                     break
-                out = self.model(torch.tensor([[token]]), cache=out.past_key_values, use_cache=True)
+                out = self.model(torch.tensor([[t for t, _ in step]]), cache=out.past_key_values, use_cache=True)
+
+    @staticmethod
+    def _penalise(logits: torch.Tensor, produced: list[int], penalty: float) -> torch.Tensor:
+        """The usual repetition penalty: make tokens already produced less likely."""
+        if penalty == 1.0 or not produced:
+            return logits
+        seen = torch.tensor(sorted(set(produced)))
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
+        return logits
 
 
 @dataclass
@@ -124,6 +138,10 @@ class CopyConstraint:
     @property
     def finished(self) -> bool:
         return self.sentences >= self.max_sentences and not self.live
+
+    def forced(self) -> set[int]:
+        """The next token when the sentence being copied leaves no choice, else an empty or larger set."""
+        return {self.tokens[p] for p in self.live} if self.live else set()
 
     def allowed(self) -> set[int]:
         if self.live:

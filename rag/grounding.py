@@ -10,7 +10,7 @@ SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[$*])|\n+")
 CITATION = re.compile(r"\s*\[\d+\]")
 
 
-LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+LIST_MARKER = re.compile(r"^\s*(?:[-*+>]|\d+[.)])\s+")
 PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
 
 
