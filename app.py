@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import time
+from contextlib import closing
 from urllib.parse import quote
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before importing gradio: nothing leaves the machine
@@ -29,7 +30,7 @@ import gradio as gr  # noqa: E402
 from rag.answer import MODES, NOT_COVERED, Answer, Chat, QuestionError, check_question  # noqa: E402
 from rag.errors import UserError  # noqa: E402
 from rag.index import Index, current_generation  # noqa: E402
-from rag.indexer import update_index  # noqa: E402
+from rag.indexer import IndexBusy, update_index  # noqa: E402
 from rag.settings import Settings, load_settings  # noqa: E402
 
 log = logging.getLogger("app")
@@ -163,19 +164,20 @@ class ChatApp:
         try:
             question = check_question(question, self.settings)
             history = [(t["question"], t["answer"]) for t in turns]
-            stream = self.chat.stream(question, history, post=post or None, mode=mode or None, k=int(k))
             messages = messages + [{"role": "user", "content": escape(question)}]
             yield messages, turns, sources_html(None), gr.Dataset(visible=False)
-            for answer in stream:
-                bot = {"role": "assistant", "content": answer_markdown(answer)}
-                yield messages + [bot], turns, sources_html(answer), gr.skip()
+            # closing(): a session that goes away mid-answer releases the generator's lock at once
+            with closing(self.chat.stream(question, history, post=post or None, mode=mode or None, k=int(k))) as s:
+                for answer in s:
+                    bot = {"role": "assistant", "content": answer_markdown(answer)}
+                    yield messages + [bot], turns, sources_html(answer), gr.skip()
         except UserError as e:  # a question too long for the API, the index gone missing, a bad mode...
             gr.Warning(str(e))
             yield unchanged
             return
         turn = {"question": question, "answer": answer.answer, "refused": answer.refused, "mode": answer.mode,
                 "post": post or None, "message_index": len(messages),
-                "sources": [{k: v for k, v in c.items() if k != "text"} for c in answer.to_json()["citations"]]}
+                "sources": [{key: v for key, v in c.items() if key != "text"} for c in answer.to_json()["citations"]]}
         suggestions = gr.Dataset(samples=[[s] for s in answer.suggestions],
                                  visible=bool(answer.refused and answer.suggestions))
         yield messages + [bot], turns + [turn], sources_html(answer), suggestions
@@ -258,7 +260,8 @@ class ChatApp:
             take = dict(fn=self.take, outputs=[question, pending], concurrency_limit=None, show_progress="hidden",
                         api_visibility="private")
             answer = dict(fn=self.respond, inputs=[pending, chatbot, turns, post, mode, k],
-                          outputs=[chatbot, turns, sources, suggestions], api_visibility="undocumented")
+                          outputs=[chatbot, turns, sources, suggestions], concurrency_id="answer",
+                          api_visibility="undocumented")
             refresh = dict(fn=self.refresh_status, inputs=shown_generation, outputs=[status, post, shown_generation],
                            concurrency_limit=None, show_progress="hidden", api_visibility="private")
             question.submit(inputs=question, **take).then(**answer).then(**refresh)
@@ -273,7 +276,7 @@ class ChatApp:
             chatbot.clear(**reset)
             demo.load(**refresh)
             gr.Timer(STATUS_EVERY).tick(**refresh)
-            gr.api(self.ask, api_name="ask")
+            gr.api(self.ask, api_name="ask", concurrency_id="answer")  # shares the UI's answer slots
         return demo
 
 
@@ -285,12 +288,20 @@ def take_example(example: gr.SelectData) -> tuple[str, str]:
 
 
 def ensure_index(settings: Settings) -> None:
+    """Build the index when there is none; if a `rag index` is already building it, wait for that one."""
     if current_generation(settings.index_dir) is not None:
         return
     log.info("no index in %s yet: building it from %s (about a minute on a laptop CPU)",
              settings.index_dir, settings.feed)
-    report = update_index(settings)
-    log.info("index built:\n%s", report.summary())
+    waiting = False
+    while current_generation(settings.index_dir) is None:
+        try:
+            log.info("index built:\n%s", update_index(settings).summary())
+        except IndexBusy:
+            if not waiting:
+                log.info("another `rag index` is building it; waiting for it to finish")
+            waiting = True
+            time.sleep(2)
 
 
 def main(argv: list[str] | None = None) -> int:
