@@ -125,10 +125,8 @@ def post_choices(index: Index) -> list[tuple[str, str]]:
 def example_questions(index: Index, n: int = 6) -> list[str]:
     """Section headings that are interview questions ("Q3: What is Out-of-Bag (OOB) error? ..."), one per
     post, cut to their first question."""
-    # Index has no public list of sections yet; at startup nothing else uses its connection.
-    rows = index.db.execute("SELECT post_guid, section FROM chunks ORDER BY id").fetchall()
     found: dict[str, str] = {}
-    for guid, section in rows:
+    for guid, section in index.sections():
         m = re.match(r"Q\d+[.:]\s*([^?]{10,85}\?)", section.split(" > ")[-1])
         if m and guid not in found:
             found[guid] = m.group(1)

@@ -22,6 +22,7 @@ from .retrieve import Passage, Retrieval, Retriever
 from .settings import Settings
 
 MODES = ("extractive", "grounded", "free")
+TOP_SECTION_BONUS = 0.05  # sentence similarity bonus for the best-ranked section
 NOT_COVERED = "The posts don't cover this."
 SYSTEM_PROMPT = (
     "You answer machine-learning interview questions using only the numbered passages from a blog. "
@@ -160,7 +161,7 @@ class Chat:
         if not candidates:
             return []
         sims = embed(self.retriever.model, [s for _, s in candidates]) @ self.retriever.embed_query(query)[0]
-        sims += np.array([0.05 if n == 0 else 0.0 for n, _ in candidates])
+        sims += np.array([TOP_SECTION_BONUS if n == 0 else 0.0 for n, _ in candidates])
         return sorted(((n, s, float(x)) for (n, s), x in zip(candidates, sims)), key=lambda t: -t[2])
 
     def _extract(self, query: str, context: list[Passage]) -> Iterator[str]:
@@ -277,7 +278,9 @@ def _suggestions(passages: list[Passage]) -> list[str]:
     """Headings of the nearest sections, phrased as questions one can click."""
     out = []
     for p in passages[:3]:
-        heading = re.sub(r"^Q\d+[.:]\s*", "", p.section.split(" > ")[-1]).strip()
+        path = [re.sub(r"^Q\d+[.:]\s*", "", h).strip() for h in p.section.split(" > ")]
+        # a heading that is not a question ("LightGBM") is asked together with its parent question
+        heading = f"{path[-1]}: {path[-2]}" if len(path) > 1 and path[-2].endswith("?") else path[-1]
         if heading and heading not in out:
-            out.append(heading if heading.endswith("?") else f"{heading}?")
+            out.append(heading)
     return out

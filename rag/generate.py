@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Iterator
 
 import torch
@@ -43,7 +42,6 @@ class Generator:
         self.model.eval()
         self.name = name
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        # one generation at a time: two would each get half the cores and both be slow
         self.lock = threading.Lock()
         if threads:
             torch.set_num_threads(threads)
@@ -68,8 +66,8 @@ class Generator:
         eos = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}
         produced: list[int] = []
         shown = ""
-        with self.lock, torch.inference_mode():
-            out = self.model(ids, use_cache=True)
+        with torch.inference_mode():
+            out = self._forward(ids)
             while len(produced) < max_new_tokens:
                 logits = self._penalise(out.logits[0, -1], produced, repetition_penalty)
                 if constraint is not None:
@@ -89,7 +87,13 @@ class Generator:
                         yield event
                 if constraint is not None and constraint.finished:
                     break
-                out = self.model(torch.tensor([[t for t, _ in step]]), cache=out.past_key_values, use_cache=True)
+                out = self._forward(torch.tensor([[t for t, _ in step]]), out.past_key_values)
+
+    def _forward(self, ids: torch.Tensor, cache=None):
+        # One forward pass at a time: concurrent answers take turns per step instead of each getting
+        # half the cores, and a stream its consumer abandons holds nothing between steps.
+        with self.lock:
+            return self.model(ids, cache=cache, use_cache=True)
 
     @staticmethod
     def _penalise(logits: torch.Tensor, produced: list[int], penalty: float) -> torch.Tensor:
@@ -175,9 +179,15 @@ class CopyConstraint:
         return Token("", passage, done)
 
 
-@lru_cache(maxsize=2)
+_generators: dict[str, Generator] = {}
+_generators_lock = threading.Lock()
+
+
 def load_generator(name: str) -> Generator:
-    start = time.perf_counter()
-    gen = Generator(name)
-    log.info("generator ready in %.1fs", time.perf_counter() - start)
-    return gen
+    """One shared instance per model; concurrent first calls wait for a single load."""
+    with _generators_lock:
+        if name not in _generators:
+            start = time.perf_counter()
+            _generators[name] = Generator(name)
+            log.info("generator ready in %.1fs", time.perf_counter() - start)
+        return _generators[name]

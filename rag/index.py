@@ -192,6 +192,11 @@ class Index:
             members.append((i, c))
         return members
 
+    def sections(self) -> list[tuple[str, str]]:
+        """(post guid, heading path) of every section, in reading order."""
+        return self._query("SELECT post_guid, section FROM chunks GROUP BY post_guid, section_no "
+                           "ORDER BY min(id)")
+
     def posts(self) -> list[StoredPost]:
         rows = self._query("SELECT p.guid, p.title, p.url, p.date, p.author, p.content_hash, count(c.id) "
                            "FROM posts p LEFT JOIN chunks c ON c.post_guid = p.guid "

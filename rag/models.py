@@ -10,7 +10,6 @@ import importlib.util
 import logging
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -53,17 +52,22 @@ def generator_location(name: str) -> GeneratorLocation:
     return GeneratorLocation(name)
 
 
-@lru_cache(maxsize=4)
+_embedders: dict[tuple[str, str], object] = {}
+
+
 def load_embedder(name: str, device: str = "cpu"):
+    """One shared instance per model; concurrent first calls wait for a single load."""
     from sentence_transformers import SentenceTransformer
 
-    location = embedder_location(name)
-    log.info("loading embedder %s from %s", name, location)
     with _load_lock:
-        try:
-            return SentenceTransformer(location, device=device)
-        except Exception as e:  # noqa: BLE001 - any load failure gets one clear message
-            raise ModelError(f"cannot load embedder {name!r} from {location}: {e}") from e
+        if (name, device) not in _embedders:
+            location = embedder_location(name)
+            log.info("loading embedder %s from %s", name, location)
+            try:
+                _embedders[name, device] = SentenceTransformer(location, device=device)
+            except Exception as e:  # noqa: BLE001 - any load failure gets one clear message
+                raise ModelError(f"cannot load embedder {name!r} from {location}: {e}") from e
+        return _embedders[name, device]
 
 
 def embed(model, texts: list[str], batch_size: int = 32, progress: bool = False):

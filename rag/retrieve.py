@@ -27,6 +27,7 @@ class Passage:
     context: str  # the best-matching part of the section, as given to the generator
     score: float  # fused score of the section's best chunk
     dense: float  # cosine similarity of the section's best chunk to the query
+    heading: float = 0.0  # cosine similarity of the section's heading to the query
     chunk_ids: list[int] = field(default_factory=list)
 
 
@@ -58,6 +59,14 @@ def _join_overlapping(texts: list[str]) -> str:
 def _heading(section: str) -> str:
     """The last two levels of a heading path: "Q2. How is missing data handled? > Naive Bayes"."""
     return " > ".join(section.split(" > ")[-2:])
+
+
+def _heading_variants(section: str) -> list[str]:
+    """The heading with its parent, and each question of a heading that asks several
+    ("Q21. How does CLIP work? How does InfoNCE align them?"), so a short question can match one."""
+    leaf = section.split(" > ")[-1]
+    questions = [q.strip() + "?" for q in leaf.split("?")[:-1] if len(q.split()) >= 3]
+    return [_heading(section), *questions] if len(questions) > 1 else [_heading(section)]
 
 
 def _section_text(members: list, section_no: int, max_words: int) -> str:
@@ -145,7 +154,8 @@ class Retriever:
         qvec = vectors.mean(axis=0, keepdims=True)
         qvec /= np.linalg.norm(qvec)
         passages = self._sections(index, fused, cos, k, qvec)
-        confidence = max((p.dense for p in passages), default=0.0)
+        # a short question can match its section's heading far better than the section's long text
+        confidence = max((max(p.dense, p.heading) for p in passages), default=0.0)
         return Retrieval(" ".join(queries[-1:]), passages, confidence >= self.settings.refusal_threshold,
                          confidence, time.perf_counter() - start)
 
@@ -164,10 +174,12 @@ class Retriever:
         for i in ranked:
             groups.setdefault((chunks[i].post_guid, chunks[i].section_no), []).append(i)
         keys = list(groups)
-        heads = self.heading_similarity(qvec, [_heading(chunks[groups[key][0]].section) for key in keys])
+        heads = np.array([self.heading_similarity(qvec, _heading_variants(chunks[groups[key][0]].section)).max()
+                          for key in keys])
         w = self.settings.heading_weight
         top = _minmax({key: fused[ids[0]] for key, ids in groups.items()})
-        score = {key: top[key] + w * h for key, h in zip(keys, heads)}
+        heading = dict(zip(keys, heads.tolist()))
+        score = {key: top[key] + w * heading[key] for key in keys}
         best = {key: groups[key] for key in sorted(keys, key=lambda key: -score[key])[:k]}
         dates = index.post_dates()
         passages = []
@@ -179,5 +191,6 @@ class Retriever:
                 post_guid=guid, post_title=top.post_title, section=top.section, url=top.url,
                 date=dates.get(guid, ""), text=_section_text(members, section_no, self.settings.section_words),
                 context=_join_overlapping([c.text for i, c in members if i in hits]),
-                score=score[(guid, section_no)], dense=max(cos.get(i, 0.0) for i in hit_ids), chunk_ids=hit_ids))
+                score=score[(guid, section_no)], dense=max(cos.get(i, 0.0) for i in hit_ids),
+                heading=heading[(guid, section_no)], chunk_ids=hit_ids))
         return passages
