@@ -83,7 +83,8 @@ def condense(question: str, history: list[tuple[str, str]] | None) -> str | None
 
 
 def check_question(question: str, settings: Settings) -> str:
-    text = " ".join((question or "").split())
+    # lone surrogates (undecodable bytes in argv, "\\ud800" in JSON) would crash the tokenizers
+    text = " ".join((question or "").encode("utf-8", "ignore").decode("utf-8").split())
     if not text:
         raise QuestionError("Please type a question.")
     if len(text) > settings.max_question_chars:

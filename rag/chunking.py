@@ -22,11 +22,12 @@ class Chunk:
     url: str  # link to the post, with the section anchor when there is a heading
     text: str  # the passage as shown and cited
     position: int  # ordinal of the chunk in its post
+    context: str = ""  # title and headings as the embedder saw them (clipped to fit its window)
 
     @property
     def embed_text(self) -> str:
         """What the embedder and BM25 see: the passage with its post title and headings as context."""
-        return context_prefix(self.post_title, self.section) + self.text
+        return (self.context or context_prefix(self.post_title, self.section)) + self.text
 
 
 def context_prefix(title: str, section: str) -> str:
@@ -86,20 +87,23 @@ class Chunker:
             if not body:
                 continue
             path = path or [post.title]  # text before the first heading belongs to the post as a whole
-            section = " > ".join(path)
-            prefix = context_prefix(post.title, self._short(section))
-            pieces += [(section_no, path, p) for p in self._fit(prefix, body)]
+            pieces += [(section_no, path, p) for p in self._fit(self._prefix(post.title, path), body)]
         pieces = self._merge_orphans(post.title, pieces)
         return [
             Chunk(post.guid, post.title, " > ".join(path), no,
-                  post.url if path == [post.title] else f"{post.url}#{anchor(path[-1])}", text, i)
+                  post.url if path == [post.title] else f"{post.url}#{anchor(path[-1])}", text, i,
+                  self._prefix(post.title, path))
             for i, (no, path, text) in enumerate(pieces)
         ]
 
-    def _short(self, section: str) -> str:
-        """Heading paths are context, not content: keep them from eating the token budget."""
-        ids = self.tokenizer(section, add_special_tokens=False)["input_ids"]
-        return section if len(ids) <= 64 else self.tokenizer.decode(ids[:64])
+    def _clip(self, text: str, tokens: int) -> str:
+        """The start of `text`, at most `tokens` embedder tokens, cut at a token boundary."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return text if len(enc["input_ids"]) <= tokens else text[: enc["offset_mapping"][tokens - 1][1]]
+
+    def _prefix(self, title: str, path: list[str]) -> str:
+        """Title and headings are context, not content: clipped so they never eat the passage's budget."""
+        return context_prefix(self._clip(title, 32), self._clip(" > ".join(path), 64))
 
     def _merge_orphans(self, title: str, pieces: list) -> list:
         """A short piece joins its neighbour in the post (previous first) when the result still fits."""
@@ -109,13 +113,13 @@ class Chunker:
             if out and self.count(text) < self.min_tokens:
                 pno, ppath, ptext = out[-1]
                 merged = f"{ptext}\n\n{self._label(path, ppath)}{text}"
-                if self.count(context_prefix(title, self._short(" > ".join(ppath))) + merged) <= self.max_tokens:
+                if self.count(self._prefix(title, ppath) + merged) <= self.max_tokens:
                     out[-1] = (pno, ppath, merged)
                     continue
             if out and self.count(out[-1][2]) < self.min_tokens:
                 pno, ppath, ptext = out[-1]
                 merged = f"{self._label(ppath, path)}{ptext}\n\n{text}"
-                if self.count(context_prefix(title, self._short(" > ".join(path))) + merged) <= self.max_tokens:
+                if self.count(self._prefix(title, path) + merged) <= self.max_tokens:
                     out[-1] = (no, path, merged)
                     continue
             out.append(piece)

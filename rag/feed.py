@@ -85,6 +85,13 @@ def html_to_markdown(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", md).strip()
 
 
+def _plain_text(html: str) -> str:
+    soup = BeautifulSoup(html, "lxml")
+    for el in soup.select(NOT_CONTENT):
+        el.decompose()
+    return re.sub(r"\n{3,}", "\n\n", soup.get_text("\n")).strip()
+
+
 def _read_source(source: str | Path) -> bytes:
     text = str(source)
     scheme = urlparse(text).scheme.lower()
@@ -137,7 +144,11 @@ def parse_feed(data: bytes, source: str = "feed") -> list[Post]:
         if guid in seen:
             log.warning("skipping %s %r: duplicate guid %s (the first one is kept)", source, title, guid)
             continue
-        markdown = html_to_markdown(_entry_html(entry))
+        try:
+            markdown = html_to_markdown(_entry_html(entry))
+        except RecursionError:
+            log.warning("%s %r: HTML nested too deeply to convert; indexed as plain text", source, title)
+            markdown = _plain_text(_entry_html(entry))
         if not markdown:
             log.warning("skipping %s %r: the item has no content", source, title)
             continue

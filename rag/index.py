@@ -34,7 +34,8 @@ from .vectors import build_vector_index
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DB_FILE, VECTORS_FILE, MANIFEST_FILE, CURRENT_FILE = "chunks.sqlite", "vectors.faiss", "manifest.json", "CURRENT"
+DB_FILE, VECTORS_FILE, MANIFEST_FILE = "chunks.sqlite", "vectors.faiss", "manifest.json"
+CURRENT_FILE, PREVIOUS_FILE = "CURRENT", "PREVIOUS"
 
 SCHEMA = """
 CREATE TABLE posts (
@@ -93,12 +94,33 @@ def keyword_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in list(words)[:64])
 
 
-def current_generation(index_dir: Path) -> str | None:
+def current_generation(index_dir: Path, pointer: str = CURRENT_FILE) -> str | None:
+    """The generation CURRENT names, or None when there is none yet; a damaged CURRENT is an error."""
     try:
-        name = (index_dir / CURRENT_FILE).read_text().strip()
+        name = (index_dir / pointer).read_bytes().decode("utf-8").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise IndexUnavailable(f"{index_dir / pointer} is corrupt; run `rag index --rebuild`") from None
+    if name and not re.fullmatch(r"gen-[\w-]+", name):
+        raise IndexUnavailable(f"{index_dir / pointer} is corrupt; run `rag index --rebuild`")
     return name or None
+
+
+def _pointer(index_dir: Path, pointer: str) -> str | None:
+    """Like current_generation, but None for a damaged or dangling pointer: for recovery code."""
+    try:
+        name = current_generation(index_dir, pointer)
+    except IndexUnavailable:
+        return None
+    return name if name and (index_dir / name / MANIFEST_FILE).is_file() else None
+
+
+def latest_generation(index_dir: Path) -> str | None:
+    """The generation to carry posts over from: the one CURRENT names, else (CURRENT lost or damaged) the
+    newest complete one on disk, so that losing a pointer file never loses posts."""
+    complete = sorted(p.name for p in index_dir.glob("gen-*") if (p / MANIFEST_FILE).is_file())
+    return _pointer(index_dir, CURRENT_FILE) or (complete[-1] if complete else None)
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,8 @@ class Index:
             manifest = json.loads((path / MANIFEST_FILE).read_text())
         except (OSError, ValueError) as e:
             raise IndexUnavailable(f"index {path} is incomplete or corrupt ({e}); run `rag index --rebuild`") from e
+        if not isinstance(manifest, dict):
+            raise IndexUnavailable(f"index {path} has a corrupt manifest; run `rag index --rebuild`")
         problems = mismatches(manifest, settings)
         if problems:
             raise IndexUnavailable(f"index {path} was built with other settings ({'; '.join(problems)}); "
@@ -191,6 +215,9 @@ class Index:
                 break
             members.append((i, c))
         return members
+
+    def post_chunk_ids(self, post_guid: str) -> list[int]:
+        return [r[0] for r in self._query("SELECT id FROM chunks WHERE post_guid = ?", (post_guid,))]
 
     def sections(self) -> list[tuple[str, str]]:
         """(post guid, heading path) of every section, in reading order."""
@@ -258,6 +285,9 @@ class GenerationWriter:
         os.rename(self.tmp, final)
         _fsync(self.settings.index_dir)
         _checkpoint("renamed")
+        previous = _pointer(self.settings.index_dir, CURRENT_FILE)
+        if previous:
+            _write_durably(self.settings.index_dir / PREVIOUS_FILE, previous + "\n")
         _write_durably(self.settings.index_dir / CURRENT_FILE, self.name + "\n")
         _checkpoint("switched")
         return self.name
@@ -270,18 +300,21 @@ class GenerationWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def prune_generations(index_dir: Path, keep: int = 2) -> None:
-    """Delete leftovers of killed runs and all but the newest `keep` generations (the current one included).
+def prune_generations(index_dir: Path) -> None:
+    """Delete leftovers of killed runs and every generation but the current and the previous one.
 
     The previous generation stays so that a request that opened it just before the switch can finish.
+    While CURRENT is missing or damaged nothing is deleted: those generations may hold the only copy of
+    a post, and the next run reads them.
     """
-    current = current_generation(index_dir)
     for tmp in index_dir.glob(".tmp-gen-*"):
         shutil.rmtree(tmp, ignore_errors=True)
-    gens = sorted((p for p in index_dir.glob("gen-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
-    kept = [g for g in gens if g.name == current] + [g for g in gens if g.name != current][: keep - 1]
-    for g in gens:
-        if g not in kept:
+    current = _pointer(index_dir, CURRENT_FILE)
+    if current is None:
+        return
+    keep = {current, _pointer(index_dir, PREVIOUS_FILE)}
+    for g in index_dir.glob("gen-*"):
+        if g.is_dir() and g.name not in keep:
             shutil.rmtree(g, ignore_errors=True)
 
 

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from .chunking import Chunk, Chunker
 from .feed import Post, read_feed
-from .index import DB_FILE, GenerationWriter, Index, IndexUnavailable, _checkpoint, current_generation, prune_generations
+from .index import (DB_FILE, GenerationWriter, Index, IndexUnavailable, _checkpoint, current_generation,
+                    latest_generation, prune_generations)
 from .models import embed, load_embedder
 from .settings import Settings
 
@@ -52,7 +53,7 @@ class UpdateReport:
 def _stored_posts(settings: Settings) -> dict[str, Post]:
     """Posts of the current generation, read straight from SQLite so that even an index built with other
     settings hands its posts on to a rebuild (nothing is lost because a feed is shorter)."""
-    name = current_generation(settings.index_dir)
+    name = latest_generation(settings.index_dir)
     if name is None:
         return {}
     try:
@@ -156,8 +157,11 @@ def _write(settings: Settings, old: Index | None, to_copy: list[Post], to_embed:
 
 
 def _copy_chunks(old: Index, post: Post):
-    rows = old.db.execute("SELECT section, section_no, url, text, position, embedding FROM chunks "
-                          "WHERE post_guid = ? ORDER BY position", (post.guid,)).fetchall()
-    chunks = [Chunk(post.guid, post.title, *r[:5]) for r in rows]
-    vectors = np.frombuffer(b"".join(r[5] for r in rows), dtype="float32").reshape(len(rows), -1)
+    """An unchanged post's chunks and vectors, exactly as the old generation has them."""
+    rows = old.db.execute("SELECT c.section, c.section_no, c.url, c.text, c.position, f.body, c.embedding "
+                          "FROM chunks c JOIN chunks_fts f ON f.rowid = c.id "
+                          "WHERE c.post_guid = ? ORDER BY c.position", (post.guid,)).fetchall()
+    # the keyword index body is context + text: recover the context the chunk was embedded with
+    chunks = [Chunk(post.guid, post.title, *r[:5], r[5][: len(r[5]) - len(r[3])]) for r in rows]
+    vectors = np.frombuffer(b"".join(r[6] for r in rows), dtype="float32").reshape(len(rows), -1)
     return chunks, vectors

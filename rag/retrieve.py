@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 
 from .index import Index, LiveIndex
@@ -95,6 +96,7 @@ class Retriever:
         self.settings = settings
         self.live = index if index is not None else LiveIndex(settings)
         self.model = load_embedder(settings.embedder, settings.device)
+        faiss.omp_set_num_threads(1)  # one query at a time: threads only add contention (docs/benchmarks.md)
         self._headings: dict[str, np.ndarray] = {}  # heading -> vector, filled lazily
 
     @property
@@ -108,13 +110,13 @@ class Retriever:
                      fusion: str) -> tuple[dict[int, float], dict[int, float]]:
         """Fused and dense scores of the candidate chunks."""
         n = self.settings.candidates
-        dense_k = index.vectors.ntotal if post else n
-        dense = dict(index.dense_search(qvec, min(dense_k, index.vectors.ntotal)))
+        if post:  # exact scores over the post's own chunks: an approximate index could miss them
+            own = index.post_chunk_ids(post)
+            scores = index.vectors.reconstruct_batch(np.array(own, dtype="int64")) @ qvec[0] if own else []
+            dense = dict(sorted(zip(own, map(float, scores)), key=lambda kv: -kv[1])[:n])
+        else:
+            dense = dict(index.dense_search(qvec, n))
         keyword = dict(index.keyword_search(query, n, post)) if fusion != "dense" else {}
-        if post:
-            allowed = {i for i, c in index.chunks(list(dense)).items() if c.post_guid == post}
-            dense = {i: s for i, s in dense.items() if i in allowed}
-        dense = dict(sorted(dense.items(), key=lambda kv: -kv[1])[:n])
         ids = list(dict.fromkeys([*dense, *keyword]))
         # exact cosine for every candidate, so keyword-only hits are comparable on the dense scale too
         cos = dict(zip(ids, (index.vectors.reconstruct_batch(np.array(ids, dtype="int64")) @ qvec[0]).tolist())) \

@@ -1,8 +1,8 @@
 """Robustness with real parts, no mocks: `rag index` killed at every stage and from outside, every index file
 corrupted, property-based tests of the input paths (feed, chunker, question), and security checks.
 
-Known bugs found here are pinned by `xfail(strict=True)` tests whose reason says where the bug is: they start
-failing (XPASS) once the bug is fixed, so the marker can be removed then."""
+The bugs these tests found (damaged CURRENT, wrong-type manifest, pruning after a kill, posts lost with
+CURRENT, deep HTML, long headings and titles, lone surrogates) are fixed; the tests keep them fixed."""
 
 from __future__ import annotations
 
@@ -172,10 +172,6 @@ def test_repeated_kills_at_different_moments_then_a_clean_run(tmp_path, settings
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG rag/index.py prune_generations: after a run killed between rename and "
-                   "switch (RAG_KILL_AT=renamed), the orphan generation counts as 'the newest previous one', so the "
-                   "next successful run deletes the generation that was being served until its switch, breaking "
-                   "the promise that the previous generation stays for in-flight requests")
 def test_after_a_kill_at_renamed_the_next_run_keeps_the_generation_it_replaced(tmp_path, settings_for, feeds):
     one, two = feeds
     settings = fresh_index(tmp_path, settings_for, one)
@@ -216,16 +212,11 @@ def damaged_copy(pristine: Path, tmp_path: Path, settings_for, name: str, damage
 
 FILES = ["chunks.sqlite", "vectors.faiss", "manifest.json", CURRENT_FILE]
 CASES = [(f, d) for f in FILES for d in ("garbage", "truncated", "empty", "deleted")]
-CURRENT_NOT_UTF8 = ("BUG rag/index.py current_generation: CURRENT holding bytes that are not UTF-8 raises "
-                    "UnicodeDecodeError from read_text(); Index.open does not turn it into IndexUnavailable, and "
-                    "`rag index --rebuild` fails the same way in prune_generations, so only deleting CURRENT by "
-                    "hand recovers")
 
 
 def case_params():
     for f, d in CASES:
-        marks = [pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=CURRENT_NOT_UTF8)] if (f, d) == (CURRENT_FILE, "garbage") else []
-        yield pytest.param(f, d, marks=marks, id=f"{f}-{d}")
+        yield pytest.param(f, d, id=f"{f}-{d}")
 
 
 @pytest.mark.slow
@@ -263,9 +254,6 @@ def test_rag_index_rebuild_command_recovers_a_corrupt_index(pristine, tmp_path, 
     assert_serves(settings, posts=1)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="BUG rag/index.py Index.open: a manifest.json that is valid JSON but not an "
-                   "object (e.g. `[]` or `null`) raises AttributeError in mismatches() instead of IndexUnavailable, "
-                   "so `rag index --status`, `rag ask` and the app crash with a traceback")
 def test_a_manifest_of_the_wrong_json_type_is_a_clear_error(pristine, tmp_path, settings_for):
     settings = damaged_copy(pristine, tmp_path, settings_for, "manifest.json", "none")
     (settings.index_dir / current_generation(settings.index_dir) / "manifest.json").write_text("[]")
@@ -274,10 +262,6 @@ def test_a_manifest_of_the_wrong_json_type_is_a_clear_error(pristine, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="DATA LOSS rag/indexer.py _stored_posts: when CURRENT is lost (empty or "
-                   "names no directory) the next run, even --rebuild, starts from the feed alone; posts that were "
-                   "only in the intact previous generation on disk are dropped, though README promises a shorter "
-                   "feed never deletes posts")
 def test_posts_survive_a_lost_current_file(tmp_path, settings_for, feeds):
     one, two = feeds
     settings = fresh_index(tmp_path, settings_for, two)
@@ -366,9 +350,6 @@ def test_huge_and_empty_inputs():
             parse_feed(empty)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="BUG rag/feed.py html_to_markdown: markdownify recurses once per nesting "
-                   "level, so an item nesting about 330 <div>s (or 165 <ul><li> pairs) raises RecursionError out of "
-                   "parse_feed; `rag index --feed` then dies with a traceback instead of a FeedError")
 def test_deeply_nested_html_is_a_clear_error():
     parse_or_feed_error(rss([("deep", "g-deep", "<div>" * 400 + "text" + "</div>" * 400)]))
 
@@ -416,17 +397,11 @@ def test_chunks_fit_the_embedder_and_lose_no_words(chunker, blocks, title_words)
     assert [c.position for c in chunks] == list(range(len(chunks)))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG rag/chunking.py: Chunker._fit budgets the prefix with the heading path "
-                   "cut to 64 tokens (_short) but Chunk.embed_text prefixes the full path, so under a long heading "
-                   "the text the embedder sees exceeds 256 tokens and its end is silently truncated")
 def test_a_long_heading_still_fits_the_embedder(chunker):
     post = Post("g", "T", "https://x/p", "", "", "## " + "heading " * 100 + "\n\n" + "Body sentence here. " * 60)
     assert max(chunker.count(c.embed_text) for c in chunker.chunk(post)) <= 256
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG rag/chunking.py Chunker._fit: a post title longer than ~250 tokens makes "
-                   "the budget negative and langchain raises ValueError('chunk_size must be > 0'), so one such "
-                   "feed item stops `rag index` for the whole feed")
 def test_a_very_long_title_does_not_stop_indexing(chunker):
     post = Post("g", "title " * 300, "https://x/p", "", "", "## H\n\nSome body text here.")
     assert chunker.chunk(post)
@@ -481,9 +456,6 @@ def test_huge_questions_are_refused_quickly(chat):
         assert time.perf_counter() - start < 5
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG rag/answer.py check_question: a lone surrogate (what Python makes of "
-                   "invalid UTF-8 in argv, e.g. `rag ask $'\\xff what is dropout'`, or of a JSON '\\ud800' escape) "
-                   "reaches the tokenizer, which raises TypeError: a traceback instead of an answer or QuestionError")
 def test_a_question_with_a_lone_surrogate_is_answered_or_refused(chat):
     try:
         chat.ask("what is \udcff xavier initialization", mode="extractive")
