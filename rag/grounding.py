@@ -10,15 +10,14 @@ SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[$*])|\n+")
 CITATION = re.compile(r"\s*\[\d+\]")
 
 
-LIST_MARKER = re.compile(r"^\s*(?:[-*+>]|\d+[.)])\s+")
+LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
 PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
 
 
 def sentences(text: str) -> list[str]:
     """Sentences and list items of a passage or an answer, citation markers and bold-line labels removed."""
-    parts = (CITATION.sub("", s) for s in SENTENCE_SPLIT.split(text) if not PSEUDO_HEADING.match(s))
-    parts = (LIST_MARKER.sub("", p).strip() for p in parts)
-    return [p for p in parts if len(p.split()) >= 3 or "$$" in p]
+    parts = (LIST_MARKER.sub("", CITATION.sub("", s)).strip() for s in SENTENCE_SPLIT.split(text))
+    return [p for p in parts if (len(p.split()) >= 3 or "$$" in p) and not PSEUDO_HEADING.match(p)]
 
 
 def content_words(text: str) -> set[str]:
