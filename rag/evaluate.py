@@ -514,16 +514,16 @@ def run_info(settings: Settings, questions_path: str, n: int, mode: str | None) 
     def git(*a):
         try:
             return subprocess.run(["git", *a], cwd=PROJECT_DIR, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+                                  timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
     changed = [line[3:] for line in git("status", "--porcelain", "--", "rag", "eval/questions.jsonl",
-                                        "eval/questions_holdout.jsonl").splitlines()]
+                                        "eval/questions_holdout.jsonl").splitlines() if len(line) > 3]
     dirty = bool(changed)
     s = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
     return {"date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-            "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if dirty else ""),
+            "commit": (git("rev-parse", "--short", "HEAD").strip() or "unknown") + ("+dirty" if dirty else ""),
             "uncommitted": changed,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
             "load_average_start": [round(x, 2) for x in os.getloadavg()],
@@ -602,6 +602,29 @@ def badness(r: dict) -> float:
     return mean(parts) or 0.0
 
 
+def _failures(results: list[dict]) -> list[str]:
+    """Compact lists of the refusal mistakes (they score 0 and would crowd out everything else)."""
+    def top(r):
+        p = (r.get("retrieved") or [{}])[0]
+        return f"{p.get('post_title', '–')} — {p.get('section', '–').split(' > ')[-1]}" if p else "–"
+
+    lines = []
+    errors = [r for r in results if r.get("error")]
+    missed = [r for r in results if not r["evidence"] and r.get("refused") is False]
+    false = [r for r in results if r["evidence"] and r.get("refused")]
+    if errors:
+        lines += [f"## Errors ({len(errors)})", ""] + [f"- {r['id']}: {r['error']}" for r in errors] + [""]
+    lines += [f"## Unanswerable questions that were answered ({len(missed)})", ""]
+    lines += [f"- **{r['id']}** {r['question']} → {(r.get('answer') or '')[:200]!r} (top section: {top(r)})"
+              for r in missed] or ["none"]
+    lines += ["", f"## Answerable questions that were refused ({len(false)})", "",
+              "`rank` is the rank of the first retrieved section holding an evidence string (– if none in the "
+              "top 5): a refusal with rank 1 is a miscalibrated \"covered\" decision, not a retrieval miss.", ""]
+    lines += [f"- **{r['id']}** ({r['kind']}, rank {fmt(r.get('first_relevant_rank'))}) {r['question']} "
+              f"(top section: {top(r)})" for r in false] or ["none"]
+    return lines + [""]
+
+
 def _worst(results: list[dict], n: int = 10) -> str:
     lines = []
     for r in sorted(results, key=badness)[:n]:
@@ -677,10 +700,11 @@ def write_report(out: Path, info: dict, metrics: dict, results: list[dict]) -> N
         "",
         "## Plots", "", "![hit@k](hit_at_k.png)", "", "![metrics per kind](metrics_by_kind.png)", "",
         "![latency](latency.png)", "",
-        "## Worst questions", "",
-        "Ranked by the mean of hit@5, semantic similarity, token F1, groundedness and citation recall "
-        "(unanswerable: 1 if refused, else 0). ✓ marks a retrieved section holding an evidence string.", "",
-        _worst(results),
+        *_failures(results),
+        "## Worst answered questions", "",
+        "Answerable questions that got an answer, ranked by the mean of hit@5, semantic similarity, token F1, "
+        "groundedness and citation recall. ✓ marks a retrieved section holding an evidence string.", "",
+        _worst([r for r in results if r["evidence"] and not r.get("refused") and not r.get("error")]),
     ]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
@@ -713,7 +737,7 @@ def plot_hit_curve(out: Path, metrics: dict) -> None:
 
 BAR_METRICS = [("hit@5", "hit@5"), ("mrr", "MRR"), ("ndcg@10", "nDCG@10"), ("semantic_sim", "sem. sim"),
                ("token_f1", "token F1"), ("groundedness", "grounded"), ("citation_recall", "cit. recall"),
-               ("refusal_accuracy", "refusal acc")]
+               ("refusal_accuracy", "refusal acc"), ("false_refusal_rate", "false refusal")]
 
 
 def plot_by_kind(out: Path, metrics: dict) -> None:
@@ -752,6 +776,19 @@ def plot_latency(out: Path, results: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=110)
     plt.close(fig)
+
+
+def rerender(out: Path) -> dict:
+    """Rewrite report.md, metrics.json and the plots of a finished run from its results.jsonl (after a change
+    to the report or the aggregation; nothing is re-run, so answer-level scores stay as measured)."""
+    out = Path(out)
+    info = json.loads((out / "metrics.json").read_text())["run"]
+    results = []
+    for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        r["hits@k"], r["relevant"] = r.pop("hit@k", None), r.pop("retrieved_relevant", None)
+        results.append(r)
+    return write_run(out, info, results)
 
 
 def write_run(out: Path, info: dict, results: list[dict]) -> dict:
