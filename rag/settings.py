@@ -47,7 +47,9 @@ class Settings:
     section_words: int = 400  # a cited section shows its subsections up to this many words
 
     # answering
-    answer_mode: str = "grounded"  # extractive | grounded | free
+    # extractive | grounded | free. Extractive wins on the dev set (docs/eval.md): token F1 0.245 vs 0.225
+    # (grounded) and 0.161 (free), groundedness 1.00 / 1.00 / 0.14, answer p50 0.15 s vs 2.2 s and 5.2 s.
+    answer_mode: str = "extractive"
     max_new_tokens: int = 160
     grounded_candidates: int = 8  # sentences the copy-constrained model may choose from
     max_question_chars: int = 2000

@@ -23,7 +23,6 @@ from playwright.sync_api import sync_playwright
 
 from rag.answer import Chat
 from rag.index import current_generation
-from rag.settings import Settings
 
 from .conftest import NEW_POST_HTML, run_rag, write_feed
 
@@ -267,9 +266,9 @@ def test_api_gives_what_chat_ask_gives(full_app):
         {"Random Forest: Interview Questions & Answers"}
 
 
-def test_default_mode_through_api_and_browser(full_app, page):
-    """The product's default answer mode (the generator, copy-constrained) once, end to end."""
-    default = Settings().answer_mode
+def test_generator_mode_through_api_and_browser(full_app, page):
+    """The language-model answer mode (copy-constrained generation) once, end to end."""
+    default = "grounded"
     got = client(full_app).predict(COVERED, "[]", default, "", 0, api_name="/ask")
     expected = Chat(full_app.settings).ask(COVERED, mode=default).to_json()
     assert got["mode"] == default and got["answer"] == expected["answer"]
