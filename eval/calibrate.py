@@ -1,5 +1,5 @@
 """Calibrate the "the posts cover this" decision: sweep Settings.refusal_threshold over the retrieval
-confidence (best dense cosine of the retrieved sections) and show refusal accuracy on unanswerable
+confidence (Retrieval.confidence, the score the "covered" decision is made on) and show refusal accuracy on unanswerable
 questions against the false-refusal rate on answerable ones.
 
     python eval/calibrate.py [--questions eval/questions.jsonl] [--holdout eval/questions_holdout.jsonl]
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         a1.hist([c for c, a in dev if a == answerable], bins=30, alpha=0.6, label=f"{label} (dev)")
     a1.axvline(settings.refusal_threshold, color="k", ls="--", label=f"current {settings.refusal_threshold}")
     a1.axvline(best["threshold"], color="r", ls=":", label=f"best on dev {best['threshold']}")
-    a1.set(xlabel="retrieval confidence (best dense cosine)", ylabel="questions", title="Confidence by kind")
+    a1.set(xlabel="Retrieval.confidence", ylabel="questions", title="Confidence by kind")
     a1.legend(fontsize=8)
     a2.plot(thresholds, [r["refusal_accuracy"] for r in dev_rows], label="refusal accuracy (unanswerable)")
     a2.plot(thresholds, [r["false_refusal_rate"] for r in dev_rows], label="false-refusal rate (answerable)")

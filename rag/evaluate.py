@@ -438,8 +438,10 @@ class Evaluator:
             history = [tuple(t) for t in q.get("history") or []] or None
             query, kw = self.chat_search_call(q["question"], history)
             ret = self.retriever.search(query, CURVE_K, **{**kw, "fusion": fusion})
+            # the "covered" decision as the chat makes it: on its own top_k, not on the top 10
+            decision = self.retriever.search(query, top_k, **{**kw, "fusion": fusion})
             r = _base(q)
-            r.update(query=ret.query, refused=not ret.covered, timings={"retrieve": ret.seconds},
+            r.update(query=ret.query, refused=not decision.covered, timings={"retrieve": decision.seconds},
                      context_chars=sum(len(p.text) for p in ret.passages[:top_k]))
             if q["evidence"]:
                 texts = [p.text for p in ret.passages]
@@ -841,7 +843,7 @@ def write_compare(out: Path, info: dict, rows: list[dict]) -> None:
             f"{info['load_average_start']}; total {info.get('seconds', 0):.0f} s\n\n{table}\n\n"
             f"`n` is the number of questions a row used. Retrieval rows score the top_k={info['settings']['top_k']} "
             f"sections (nDCG on the top 10); their refusal columns are retrieval's own \"covered\" decision "
-            f"(refusal threshold {info['settings']['refusal_threshold']} on the best dense cosine). "
+            f"(Retrieval.covered: confidence >= refusal threshold {info['settings']['refusal_threshold']}). "
             f"`ctx chars@5` is the mean text length of the top 5 retrieved items (sections vs 1000-char chunks: "
             f"larger units hit more easily). Latencies exclude model loading.\n\n{notes}\n\n![compare](compare.png)\n")
     (out / "compare.md").write_text(text, encoding="utf-8")
