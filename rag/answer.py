@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -179,14 +179,16 @@ class Chat:
     def _generate(self, query: str, context: list[Passage], constrained: bool) -> Iterator[str]:
         gen = self.generator
         context = self._fit_prompt(gen, query, context)
-        messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": _prompt(query, context)}]
         constraint = None
         if constrained:
-            # the model orders and selects among the sentences most similar to the question
+            # The model orders and selects among the sentences most similar to the question, and its
+            # prompt shows just those: a short prompt is read (prefilled) several times faster on a CPU.
             top = self._ranked_sentences(query, context)[: self.settings.grounded_candidates]
-            constraint = CopyConstraint.build(gen.tokenizer, [[s for m, s, _ in top if m == n]
-                                                              for n in range(len(context))])
+            choices = [[s for m, s, _ in top if m == n] for n in range(len(context))]
+            constraint = CopyConstraint.build(gen.tokenizer, choices)
+            context = [replace(p, context="\n".join(c)) for p, c in zip(context, choices)]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": _prompt(query, context)}]
         penalty = 1.0 if constrained else 1.2  # free text loops without it; copying must not be penalised
         for token in gen.stream(messages, self.settings.max_new_tokens, constraint, penalty):
             text = token.text
@@ -259,8 +261,6 @@ def _prompt(query: str, context: list[Passage]) -> str:
 
 
 def _trimmed(p: Passage, words: int) -> Passage:
-    from dataclasses import replace
-
     return replace(p, context=" ".join(p.context.split(" ")[: max(words, 20)]))
 
 
