@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .settings import load_settings
 
@@ -62,9 +63,13 @@ def _eval(args, settings) -> int:
 def _calibrate(args, settings) -> int:
     from .calibrate import calibrate
 
-    best = calibrate(settings, args.questions, args.out)["chosen"]
-    print(f"refusal_threshold = {best['threshold']:.2f}  (refusal accuracy {best['refusal_accuracy']:.3f}, "
-          f"false refusals {best['false_refusal']:.3f}); sweep written to {args.out}")
+    result = calibrate(settings, args.questions, args.out, args.holdout)
+    for name, r in [("current", result["current"]), ("chosen", result["chosen"])] + [
+            (f"held-out at {k[3:]}", r) for k, r in result.get("holdout", {}).items() if k.startswith("at_")]:
+        print(f"{name:>22}: threshold {r['threshold']:.2f}  refusal accuracy {r['refusal_accuracy']:.3f}  "
+              f"false refusals {r['false_refusal']:.3f}")
+    print(f"set refusal_threshold = {result['chosen']['threshold']:.2f} in rag.toml to use the chosen one; "
+          f"sweep and plot written to {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0
 
 
@@ -103,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", parents=[common], help="choose the refusal threshold from labeled questions")
     p.add_argument("--questions", default="eval/questions.jsonl", help="JSONL questions (default: %(default)s)")
+    p.add_argument("--holdout", default="eval/questions_holdout.jsonl",
+                   help="questions to check the chosen threshold on (default: %(default)s)")
     p.add_argument("--out", default="eval/calibration.json", help="where to write the sweep (default: %(default)s)")
     p.set_defaults(run=_calibrate)
     return parser

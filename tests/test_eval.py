@@ -181,3 +181,26 @@ def test_eval_end_to_end(full_index, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "Support test" in report and "## Worst answered questions" in report and "## Per kind" in report
     assert "## Answerable questions that were refused" in report
+
+
+@pytest.mark.slow
+def test_calibrate_sweeps_and_checks_the_holdout(full_index, tmp_path):
+    from rag.calibrate import calibrate
+
+    settings, _ = full_index
+    out = tmp_path / "calibration.json"
+    result = calibrate(settings, PROJECT_DIR / "eval" / "questions.jsonl", out,
+                       PROJECT_DIR / "eval" / "questions_holdout.jsonl")
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert _png_size(out.with_suffix(".png"))[0] > 200
+    sweep = result["sweep"]
+    # raising the threshold can only refuse more: both rates are monotone
+    assert [r["refusal_accuracy"] for r in sweep] == sorted(r["refusal_accuracy"] for r in sweep)
+    assert [r["false_refusal"] for r in sweep] == sorted(r["false_refusal"] for r in sweep)
+    chosen = result["chosen"]
+    assert chosen["balanced_accuracy"] == max(r["balanced_accuracy"] for r in sweep)
+    # the shipped threshold separates the labeled questions well, and holds on questions it was not chosen on
+    assert result["current"]["balanced_accuracy"] >= 0.9
+    held = result["holdout"]["at_current"]
+    assert held["refusal_accuracy"] >= 0.8 and held["false_refusal"] <= 0.1
+    assert len(result["confidences"]["dev"]) == len(load_questions(PROJECT_DIR / "eval" / "questions.jsonl"))
