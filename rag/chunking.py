@@ -10,6 +10,9 @@ from langchain_text_splitters import ExperimentalMarkdownSyntaxTextSplitter, Rec
 
 from .feed import Post
 
+# Bump when the code makes different chunks from the same feed and settings (text, context, sections):
+# the manifest records it, so an index built by older code is refused with a rebuild hint, not served stale.
+CHUNKER_VERSION = 2
 SEPARATORS = ["\n\n", "\n", ". ", "; ", ", ", " ", ""]
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .chunking import Chunk
+from .chunking import CHUNKER_VERSION, Chunk
 from .feed import Post
 from .settings import Settings
 from .vectors import build_vector_index
@@ -77,7 +77,7 @@ def manifest_for(settings: Settings, dimension: int, posts: int, chunks: int, ge
 
 def chunking_settings(settings: Settings) -> dict:
     return {"max_tokens": settings.max_chunk_tokens, "overlap_tokens": settings.chunk_overlap_tokens,
-            "min_tokens": settings.min_chunk_tokens}
+            "min_tokens": settings.min_chunk_tokens, "chunker_version": CHUNKER_VERSION}
 
 
 def mismatches(manifest: dict, settings: Settings) -> list[str]:

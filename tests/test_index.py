@@ -92,6 +92,20 @@ def test_mismatched_manifest_is_refused_with_rebuild_hint(full_index):
     assert result.returncode == 2 and "rag index --rebuild" in result.stderr
 
 
+def test_index_built_by_older_chunker_code_is_refused(full_index, tmp_path):
+    import shutil
+
+    settings, _ = full_index
+    copy = settings.replace(index_dir=tmp_path / "index")
+    shutil.copytree(settings.index_dir, copy.index_dir)
+    manifest_path = copy.index_dir / current_generation(copy.index_dir) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["chunking"]["chunker_version"] -= 1
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexUnavailable, match=r"chunker_version.*rag index --rebuild"):
+        Index.open(copy)
+
+
 def test_missing_and_corrupt_index_errors(tmp_path, settings_for):
     with pytest.raises(IndexUnavailable, match="no index at"):
         Index.open(settings_for(tmp_path / "none"))
