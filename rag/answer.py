@@ -17,6 +17,7 @@ import numpy as np
 
 from .generate import CopyConstraint, load_generator
 from .grounding import best_support, content_words, sentences, supported
+from .index import STOPWORDS
 from .models import embed
 from .retrieve import Passage, Retrieval, Retriever
 from .settings import Settings
@@ -120,8 +121,8 @@ class Chat:
         if mode not in MODES:
             raise ValueError(f"unknown answer mode {mode!r}; choose one of {', '.join(MODES)}")
         question = check_question(question, self.settings)
-        context = condense(question, history)
-        retrieval = self.retriever.search(question, k, post=post, fusion=fusion, context=context)
+        context_question = condense(question, history)
+        retrieval = self.retriever.search(question, k, post=post, fusion=fusion, context=context_question)
         query = retrieval.query
         answer = Answer(question, query, passages=retrieval.passages, mode=mode)
         answer.timings["retrieve"] = retrieval.seconds
@@ -130,7 +131,7 @@ class Chat:
             return
         context = self._context(retrieval.passages)
         if mode == "extractive":
-            parts = self._extract(query, context)
+            parts = self._extract(query, context, second_hop=context_question is None)
         else:
             parts = self._generate(query, context, constrained=(mode == "grounded"))
         for text in parts:
@@ -164,8 +165,10 @@ class Chat:
         sims = embed(self.retriever.model, [s for _, s in candidates]) @ self.retriever.embed_query(query)[0]
         return sorted(((n, s, float(x)) for (n, s), x in zip(candidates, sims)), key=lambda t: (t[0] > 0, -t[2]))
 
-    def _extract(self, query: str, context: list[Passage]) -> Iterator[str]:
-        """Up to three of the best sentences, from the best one's section, in reading order, each cited."""
+    def _extract(self, query: str, context: list[Passage], second_hop: bool = True) -> Iterator[str]:
+        """Up to three of the best sentences, from the best one's section, in reading order, then perhaps
+        one from another section for a two-part question (not for a follow-up, whose query carries the
+        earlier question's words too). Each sentence cited."""
         ranked = self._ranked_sentences(query, context)
         if not ranked:
             return
@@ -173,8 +176,11 @@ class Chat:
         picked = [(n, s) for n, s, x in ranked[:3] if n == best_n and x >= best - 0.12]
         order = {s: i for i, (_, s) in enumerate((n, s) for n, p in enumerate(context)
                                                   for s in answer_sentences(p.context))}
-        for j, (n, s) in enumerate(sorted(picked, key=lambda t: order[t[1]])):
-            yield ("" if j == 0 else " ") + f"{s.rstrip()} [{n + 1}]"
+        picked.sort(key=lambda t: order[t[1]])
+        if second_hop:
+            picked += _second_hop(query, ranked, picked, context, best - self.settings.second_hop_margin)
+        for j, (n, s) in enumerate(picked):
+            yield ("" if j == 0 else " ") + f"{_as_sentence(s)} [{n + 1}]"
 
     def _generate(self, query: str, context: list[Passage], constrained: bool) -> Iterator[str]:
         gen = self.generator
@@ -246,13 +252,41 @@ class Chat:
 
 
 def answer_sentences(text: str) -> list[str]:
-    """Passage sentences that can stand alone in an answer: not headings, not lead-ins to a list."""
+    """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
+    list or a formula ("... for class i is"), not a fragment cut inside bold text."""
     out = []
     for s in sentences(text):
         bare = s.replace("*", "").strip()
-        if len(bare.split()) >= 5 and not bare.endswith(":"):
+        words = bare.split()
+        if (len(words) >= 5 and not bare.endswith((":", "?")) and s.count("**") % 2 == 0
+                and words[-1].lower() not in STOPWORDS):
             out.append(s)
     return out
+
+
+def _as_sentence(s: str) -> str:
+    """A list item copied into running text ends with a full stop, so the answer still splits into sentences."""
+    s = s.rstrip()
+    return s if s.endswith((".", "!", "?", "$$")) else s + "."
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:5] for w in content_words(text)}  # "activation" meets "activations"
+
+
+def _second_hop(query: str, ranked, picked, context: list[Passage], floor: float) -> list[tuple[int, str]]:
+    """One sentence from another section for a question about two things ("which LayerNorm placement, and
+    which activation?"): the best-ranked one that covers at least two question words that the picked
+    sentences, their post's title and their section's headings leave out."""
+    best_n = picked[0][0]
+    first = context[best_n]
+    missing = _stems(query) - _stems(" ".join([s for _, s in picked] + [first.post_title, first.section]))
+    if len(missing) < 2:
+        return []
+    for n, s, x in ranked:
+        if n != best_n and x >= floor and len(_stems(s + " " + context[n].section) & missing) >= 2:
+            return [(n, s)]
+    return []
 
 
 def _prompt(query: str, context: list[Passage]) -> str:

@@ -1,6 +1,7 @@
 """Answers with the real embedder and generator over a real index: citations, refusals, follow-ups, bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -29,6 +30,31 @@ def test_covered_question_cites_the_right_section(chat):
     for s in sentences(a.answer):  # extractive answers are passage sentences
         assert supported(s, top.text)
     assert set(a.timings) == {"retrieve", "first_token", "total"}
+
+
+def test_two_part_question_is_answered_from_both_sections(chat):
+    a = chat.ask("In modern Transformer models, which LayerNorm placement is preferred and which activation "
+                 "function is the default in the feed-forward blocks?")
+    posts = {c.post_title for c in a.citations}
+    assert posts == {"Transformer Interview Questions: The New Depth Standard",
+                     "Activation Functions: Interview Questions & Answers"}, a.answer
+    assert "GELU" in a.answer
+    by_n = {c.n: c for c in a.citations}
+    for s in sentences(a.answer):  # every sentence still copied from the passage it cites
+        marks = [int(m) for m in re.findall(r"\[(\d+)\]", a.answer[a.answer.find(s):])[:1]]
+        assert marks and supported(s, by_n[marks[0]].text), s
+
+
+def test_answer_sentences_skip_questions_lead_ins_and_broken_bold():
+    text = ("**What is the unit of prediction?**\n\nAfter softmax, the predicted probability for class i is\n\n"
+            "$$p_i = e^{z_i}$$\n\nThe unit of prediction decides how labels and features are joined.\n"
+            "**Memory-Efficient Exact Methods (Flash Attention)** give exact attention with less memory.\n"
+            "- Remaining samples are used as a free validation set\n"
+            "tiling the attention matrix (Flash Attention)** keeps memory linear in length.")
+    assert answer_sentences(text) == ["The unit of prediction decides how labels and features are joined.",
+                                      "**Memory-Efficient Exact Methods (Flash Attention)** give exact attention "
+                                      "with less memory.",
+                                      "Remaining samples are used as a free validation set"]
 
 
 def test_uncovered_question_is_refused_with_nearest_sections(chat):
