@@ -28,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import gradio as gr  # noqa: E402
 
 from rag.answer import MODES, NOT_COVERED, Answer, Chat, QuestionError, check_question  # noqa: E402
+from rag.chunking import section_title  # noqa: E402
 from rag.errors import UserError  # noqa: E402
 from rag.index import Index, current_generation  # noqa: E402
 from rag.indexer import IndexBusy, update_index  # noqa: E402
@@ -66,7 +67,7 @@ def answer_markdown(answer: Answer) -> str:
         c = cited.get(int(m.group(1)))
         if c is None:
             return m.group(0)
-        title = f"{c.post_title} — {c.section.split(' > ')[-1]}".replace('"', "'")  # the renderer escapes it
+        title = f"{c.post_title} — {section_title(c.section)}".replace('"', "'")  # the renderer escapes it
         return f'[\\[{c.n}\\]]({quote(c.url, safe=":/#?&=%-._~")} "{title}")'
 
     text = CITATION_MARK.sub(link, escape(answer.answer))
@@ -77,7 +78,8 @@ def highlight(text: str, sentences: list[str]) -> str:
     """Escaped passage text with the answer sentences it supports in <mark>."""
     spans = []
     for s in sentences:
-        m = re.search(r"\s+".join(map(re.escape, s.split())), text)
+        # without its final full stop: the answer ends a copied list item with one the passage lacks
+        m = re.search(r"\s+".join(map(re.escape, s.removesuffix(".").split())), text)
         if m:
             spans.append(m.span())
     out, pos = [], 0
@@ -100,7 +102,7 @@ def sources_html(answer: Answer | None) -> str:
         return "<p class='meta'>…</p>" if not answer.done else "<p class='meta'>No citation passed the check.</p>"
     cards = []
     for c in answer.citations:
-        heading = c.section.split(" > ")[-1]
+        heading = section_title(c.section)
         cards.append(
             f"<div class='source'><div><b>[{c.n}]</b> <a href='{html.escape(c.url)}' target='_blank' "
             f"rel='noopener noreferrer'>{html.escape(c.post_title)} — {html.escape(heading)}</a></div>"

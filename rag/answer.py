@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .chunking import section_title
 from .generate import CopyConstraint, load_generator
 from .grounding import best_support, content_words, sentences, supported
 from .index import STOPWORDS
@@ -244,7 +245,7 @@ class Chat:
     def _refuse(self, answer: Answer, retrieval: Retrieval, start: float) -> Answer:
         answer.refused = True
         answer.suggestions = _suggestions(retrieval.passages)
-        closest = "; ".join(f"{p.section.split(' > ')[-1]} ({p.post_title})" for p in retrieval.passages[:3])
+        closest = "; ".join(f"{section_title(p.section)} ({p.post_title})" for p in retrieval.passages[:3])
         answer.answer = NOT_COVERED + (f" The closest sections are: {closest}." if closest else "")
         answer.timings["first_token"] = answer.timings["total"] = time.perf_counter() - start
         answer.done = True

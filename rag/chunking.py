@@ -37,6 +37,15 @@ def context_prefix(title: str, section: str) -> str:
     return f"{title}\n{section}\n\n" if section and section != title else f"{title}\n\n"
 
 
+def section_title(section: str) -> str:
+    """The heading a reader recognises: the last one, led by its parent when that parent is the interview
+    question it belongs to, so the many "k-Nearest Neighbors (kNN)" sub-sections of one post tell apart."""
+    path = section.split(" > ")
+    if len(path) > 1 and path[-2].rstrip().endswith("?") and not path[-1].rstrip().endswith("?"):
+        return f"{path[-2]} › {path[-1]}"
+    return path[-1]
+
+
 def anchor(heading: str) -> str:
     """Substack's heading anchor: '#§' plus a slug of the heading text."""
     text = unicodedata.normalize("NFKD", heading).encode("ascii", "ignore").decode().lower()

@@ -28,8 +28,12 @@ def _index(args, settings) -> int:
 
 def _ask(args, settings) -> int:
     from .answer import Chat
+    from .chunking import section_title
 
-    history = json.loads(open(args.history).read()) if args.history else None
+    try:
+        history = json.loads(open(args.history, encoding="utf-8").read()) if args.history else None
+    except OSError as e:
+        raise ValueError(f"{args.history}: cannot read the history file ({e.strerror})") from e
     if history is not None and not (isinstance(history, list) and all(
             isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in history)):
         raise ValueError(f"{args.history}: history must be a JSON list of [question, answer] pairs")
@@ -45,7 +49,7 @@ def _ask(args, settings) -> int:
         return 0
     print(answer.answer[len(shown):] if shown else answer.answer)
     for c in answer.citations:
-        print(f"  [{c.n}] {c.post_title} — {c.section.split(' > ')[-1]}\n      {c.url}")
+        print(f"  [{c.n}] {c.post_title} — {section_title(c.section)}\n      {c.url}")
     if answer.suggestions and answer.refused:
         print("  Try: " + " | ".join(answer.suggestions))
     t = answer.timings

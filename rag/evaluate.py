@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chunking import section_title
 from .grounding import CITATION, SENTENCE_SPLIT, SUPPORT_THRESHOLD, sentences, supported
 from .models import embed
 from .settings import PROJECT_DIR, Settings
@@ -608,7 +609,7 @@ def _failures(results: list[dict]) -> list[str]:
     """Compact lists of the refusal mistakes (they score 0 and would crowd out everything else)."""
     def top(r):
         p = (r.get("retrieved") or [{}])[0]
-        return f"{p.get('post_title', '–')} — {p.get('section', '–').split(' > ')[-1]}" if p else "–"
+        return f"{p.get('post_title', '–')} — {section_title(p.get('section', '–'))}" if p else "–"
 
     lines = []
     errors = [r for r in results if r.get("error")]
@@ -646,13 +647,13 @@ def _worst(results: list[dict], n: int = 10) -> str:
         if scores:
             lines.append(f"- *Scores:* {scores}")
         if r.get("citations"):
-            lines.append("- **Cited:** " + "; ".join(f"[{c['n']}] {c['post_title']} — {c['section'].split(' > ')[-1]}"
+            lines.append("- **Cited:** " + "; ".join(f"[{c['n']}] {c['post_title']} — {section_title(c['section'])}"
                                                    for c in r["citations"]))
         rel = r.get("relevant") or []
         lines.append("- **Retrieved:**")
         for i, p in enumerate(r.get("retrieved") or []):
             mark = " ✓" if i < len(rel) and rel[i] else ""
-            lines.append(f"    {i + 1}. {p['post_title']} — {p['section'].split(' > ')[-1]}{mark}")
+            lines.append(f"    {i + 1}. {p['post_title']} — {section_title(p['section'])}{mark}")
         lines.append("")
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from rag.chunking import Chunker, anchor
+from rag.chunking import Chunker, anchor, section_title
 from rag.feed import read_feed
 from rag.models import load_embedder
 from rag.settings import DEFAULT_FEED
@@ -54,3 +54,14 @@ def test_long_sections_split_short_ones_merged(chunker):
 
 def test_anchor_matches_substack_style():
     assert anchor("Q1. What is Layer Normalization?") == "§q1-what-is-layer-normalization"
+
+
+def test_section_title_names_the_question_a_sub_heading_belongs_to(chunks):
+    q8 = "Q8. How does the algorithm behave in high-dimensional data?"
+    assert section_title(f"Introduction > {q8} > k-Nearest Neighbors (kNN)") == f"{q8} › k-Nearest Neighbors (kNN)"
+    assert section_title(f"Introduction > {q8}") == q8  # a question is its own title
+    assert section_title("Start by Clarifying the Problem > Why it matters") == "Why it matters"
+    # in the bundled corpus, titles tell apart sections whose last headings repeat
+    leaves = {(c.post_guid, c.section.split(" > ")[-1]) for c in chunks}
+    titles = {(c.post_guid, section_title(c.section)) for c in chunks}
+    assert len(titles) > len(leaves)
