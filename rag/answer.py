@@ -173,8 +173,14 @@ class Chat:
         ranked = self._ranked_sentences(query, context)
         if not ranked:
             return
-        best_n, _, best = ranked[0]
-        picked = [(n, s) for n, s, x in ranked[:3] if n == best_n and x >= best - 0.12]
+        # A formula alone answers nothing: prose leads, and at most one formula joins it.
+        prose = [t for t in ranked if not _is_formula(t[1])]
+        if not prose:
+            return
+        best_n, _, best = prose[0]
+        near = [(n, s) for n, s, x in ranked[:3] if n == best_n and x >= best - 0.12]
+        picked = [t for t in near if not _is_formula(t[1])] or [prose[0][:2]]
+        picked += [t for t in near if _is_formula(t[1])][:1]
         order = {s: i for i, (_, s) in enumerate((n, s) for n, p in enumerate(context)
                                                   for s in answer_sentences(p.context))}
         picked.sort(key=lambda t: order[t[1]])
@@ -259,16 +265,24 @@ def answer_sentences(text: str) -> list[str]:
     for s in sentences(text):
         bare = s.replace("*", "").strip()
         words = bare.split()
-        if (len(words) >= 5 and not bare.endswith((":", "?")) and s.count("**") % 2 == 0
+        if (len(words) >= 5 and not _unquoted(bare).endswith((":", "?")) and s.count("**") % 2 == 0
                 and words[-1].lower() not in STOPWORDS):
             out.append(s)
     return out
 
 
+def _is_formula(s: str) -> bool:
+    return s.lstrip().startswith("$$")
+
+
 def _as_sentence(s: str) -> str:
     """A list item copied into running text ends with a full stop, so the answer still splits into sentences."""
     s = s.rstrip()
-    return s if s.endswith((".", "!", "?", "$$")) else s + "."
+    return s if _unquoted(s).endswith((".", "!", "?", "$$")) else s + "."
+
+
+def _unquoted(s: str) -> str:
+    return s.rstrip("\"'”’)* ")
 
 
 def _stems(text: str) -> set[str]:

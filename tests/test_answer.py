@@ -50,7 +50,8 @@ def test_answer_sentences_skip_questions_lead_ins_and_broken_bold():
             "$$p_i = e^{z_i}$$\n\nThe unit of prediction decides how labels and features are joined.\n"
             "**Memory-Efficient Exact Methods (Flash Attention)** give exact attention with less memory.\n"
             "- Remaining samples are used as a free validation set\n"
-            "tiling the attention matrix (Flash Attention)** keeps memory linear in length.")
+            "tiling the attention matrix (Flash Attention)** keeps memory linear in length.\n"
+            "“How well does each point fit inside its assigned cluster?”")
     assert answer_sentences(text) == ["The unit of prediction decides how labels and features are joined.",
                                       "**Memory-Efficient Exact Methods (Flash Attention)** give exact attention "
                                       "with less memory.",
@@ -143,3 +144,11 @@ def test_cli_ask_json_contract_and_history(full_index, tmp_path):
     history.write_text('{"not": "a list"}')
     bad = run_rag("ask", "x?", "--history", str(history), "--index", str(settings.index_dir))
     assert bad.returncode == 2 and "history must be a JSON list" in bad.stderr
+
+
+def test_a_formula_never_answers_alone(chat):
+    # the bare importance formula is the sentence most similar to this question
+    a = chat.ask("A tree's impurity-based importance ranks an ID-like high-cardinality column at the top. Why, and "
+                 "what importance measure in a random forest would be more trustworthy?")
+    parts = sentences(a.answer)
+    assert parts and not parts[0].startswith("$$") and sum(p.startswith("$$") for p in parts) <= 1, a.answer
