@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import Evaluator, _plt, load_questions
+from .evaluate import Evaluator, load_questions
+from .report import _plt
 from .settings import Settings
 
 THRESHOLDS = np.round(np.arange(0.20, 0.701, 0.01), 2)

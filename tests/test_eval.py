@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.evaluate import (KINDS, QuestionFileError, cited_sentences, groundedness, load_questions, ndcg, normalize,
-                          run_eval, stratified, token_f1)
+from rag.evaluate import QuestionFileError, load_questions, run_eval, stratified
+from rag.metrics import KINDS, cited_sentences, groundedness, ndcg, normalize, token_f1
 from rag.settings import DEFAULT_FEED, PROJECT_DIR
 
 QUESTION_FILES = [PROJECT_DIR / "eval" / "questions.jsonl", PROJECT_DIR / "eval" / "questions_holdout.jsonl"]
