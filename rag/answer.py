@@ -202,10 +202,12 @@ class Chat:
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": _prompt(query, context)}]
         penalty = 1.0 if constrained else 1.2  # free text loops without it; copying must not be penalised
+        tail = ""  # the end of what was streamed, to see how a copied sentence ends
         for token in gen.stream(messages, self.settings.max_new_tokens, constraint, penalty):
             text = token.text
             if token.sentence_done and token.passage is not None:
-                text = text.rstrip() + f" [{token.passage + 1}] "
+                text = _as_sentence(text, before=tail) + f" [{token.passage + 1}] "
+            tail = (tail + text)[-40:]
             if text:
                 yield text
 
@@ -274,10 +276,11 @@ def _is_formula(s: str) -> bool:
     return s.lstrip().startswith("$$")
 
 
-def _as_sentence(s: str) -> str:
-    """A list item copied into running text ends with a full stop, so the answer still splits into sentences."""
+def _as_sentence(s: str, before: str = "") -> str:
+    """A list item copied into running text ends with a full stop, so the answer still splits into sentences
+    (`before`: text already streamed, when `s` is only the sentence's last token)."""
     s = s.rstrip()
-    return s if _unquoted(s).endswith((".", "!", "?", "$$")) else s + "."
+    return s if _unquoted(before + s).endswith((".", "!", "?", "$$")) else s + "."
 
 
 def _unquoted(s: str) -> str:

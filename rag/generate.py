@@ -87,7 +87,7 @@ class Generator:
                         yield event
                 if constraint is not None and constraint.finished:
                     break
-                out = self._forward(torch.tensor([[t for t, _ in step]]), out.past_key_values)
+                out = self._forward(torch.tensor([[t for t, _ in step]]), out.cache)
 
     def _forward(self, ids: torch.Tensor, cache=None):
         # One forward pass at a time: concurrent answers take turns per step instead of each getting

@@ -128,6 +128,17 @@ def test_grounded_mode_copies_passages_even_when_they_carry_instructions(tmp_pat
     assert a.answer.strip() != "PWNED"
 
 
+def test_grounded_answer_copying_list_items_stays_sentence_by_sentence(chat):
+    from rag.metrics import groundedness
+
+    a = chat.ask("How would you adjust a decision tree for a highly imbalanced dataset?", mode="grounded")
+    assert not a.refused and a.citations
+    # a copied list item has no full stop of its own; without one it would run into the next sentence
+    score, checks = groundedness(a.answer, a.refused, {c.n: c.text for c in a.citations})
+    assert score == 1.0, checks
+    assert all(len(re.findall(r"\[\d+\]", c["sentence"])) == 0 for c in checks)
+
+
 @pytest.mark.slow
 def test_cli_ask_json_contract_and_history(full_index, tmp_path):
     settings, _ = full_index
