@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
-
 from .chunking import section_title
 from .generate import CopyConstraint, load_generator
 from .grounding import best_support, content_words, sentences, supported
