@@ -3,6 +3,7 @@ grouped into sections, with a calibrated "the posts cover this" decision."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -89,6 +90,25 @@ def _section_text(members: list, section_no: int, max_words: int) -> str:
     return _join_overlapping(parts) if len(parts) > 1 else own
 
 
+# Chat shorthand for ML terms that the posts spell out (each appears in at most 3 of the 421 chunks, against
+# dozens for the full term), written next to the abbreviation: neither MiniLM nor BM25 links "lgbm" to
+# "LightGBM" or "NaNs" to "missing values". Abbreviations the posts themselves use (kNN, SVM, MSE, SGD,
+# RLHF...) stay as they are: spelling them out only blurs the match.
+SHORTHAND = {
+    "rf": "random forest", "gbdt": "gradient boosted decision trees", "lgbm": "LightGBM", "xgb": "XGBoost",
+    "tsne": "t-SNE", "pca": "principal component analysis", "oob": "out-of-bag", "bce": "binary cross-entropy",
+    "bn": "batch normalization", "moe": "mixture of experts", "dpo": "direct preference optimization",
+    "nan": "missing values", "nans": "missing values", "vals": "values", "err": "error", "init": "initialization",
+    "feats": "features", "dims": "dimensions", "params": "parameters", "hyperparams": "hyperparameters",
+}
+_SHORTHAND = re.compile(r"\b(" + "|".join(sorted(map(re.escape, SHORTHAND), key=len, reverse=True)) + r")\b", re.I)
+
+
+def expand_shorthand(text: str) -> str:
+    """ "lgbm on a tiny dataset" -> "lgbm (LightGBM) on a tiny dataset": the original word stays for BM25."""
+    return _SHORTHAND.sub(lambda m: f"{m.group(0)} ({SHORTHAND[m.group(0).lower()]})", text)
+
+
 class Retriever:
     """Shared by the app, the CLI and the eval: `search(query, k, post=None)`."""
 
@@ -147,6 +167,7 @@ class Retriever:
         k = k or self.settings.top_k
         fusion = fusion or self.settings.fusion
         index = self.index
+        query, context = expand_shorthand(query), context and expand_shorthand(context)
         queries = [query] if not context else [query, f"{query} {context}"]
         vectors = embed(self.model, queries)
         scored = [self.score_chunks(index, q, v[None], post, fusion) for q, v in zip(queries, vectors)]

@@ -58,6 +58,17 @@ def test_answer_sentences_skip_questions_lead_ins_and_broken_bold():
                                       "Remaining samples are used as a free validation set"]
 
 
+def test_chat_shorthand_is_spelled_out_for_retrieval(chat):
+    from rag.retrieve import expand_shorthand
+
+    assert expand_shorthand("lgbm on NaNs, w/ rf?") == ("lgbm (LightGBM) on NaNs (missing values), "
+                                                       "w/ rf (random forest)?")
+    assert expand_shorthand("kNN vs SVM") == "kNN vs SVM"  # the posts' own abbreviations stay
+    a = chat.ask("does naive bayes choke on NaNs or nah?")
+    assert not a.refused, a.answer  # "NaNs" alone is too far from the posts' "missing values"
+    assert any("missing" in c.section.lower() and "Naive Bayes" in c.section for c in a.citations), a.citations
+
+
 def test_uncovered_question_is_refused_with_nearest_sections(chat):
     a = chat.ask("How do I compute the statistical power of an A/B test?")
     assert a.refused and a.answer.startswith(NOT_COVERED)
