@@ -68,8 +68,11 @@ def _calibrate(args, settings) -> int:
     from .calibrate import calibrate
 
     result = calibrate(settings, args.questions, args.out, args.holdout)
-    for name, r in [("current", result["current"]), ("chosen", result["chosen"])] + [
-            (f"held-out at {k[3:]}", r) for k, r in result.get("holdout", {}).items() if k.startswith("at_")]:
+    rows = [("current", result["current"]), ("chosen", result["chosen"])]
+    if "holdout" in result:
+        rows += [("held-out at chosen", result["holdout"]["at_chosen"]),
+                 ("held-out at current", result["holdout"]["at_current"])]
+    for name, r in rows:
         print(f"{name:>22}: threshold {r['threshold']:.2f}  refusal accuracy {r['refusal_accuracy']:.3f}  "
               f"false refusals {r['false_refusal']:.3f}")
     print(f"set refusal_threshold = {result['chosen']['threshold']:.2f} in rag.toml to use the chosen one; "
