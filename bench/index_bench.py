@@ -55,7 +55,7 @@ def child(index_dir: str, feed: str | None, rebuild: bool, preload: bool) -> dic
     loads it only if it has something to embed, as the CLI does), update_index itself."""
     t0 = time.perf_counter()
     from rag.indexer import update_index
-    from rag.models import load_embedder
+    from rag.embedder import load_embedder
     from rag.settings import load_settings
 
     settings = load_settings(index_dir=index_dir)

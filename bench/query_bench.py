@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-FUSIONS = ("dense", "bm25", "convex", "rrf")
+FUSIONS = ("dense", "bm25", "convex", "rrf")  # the order they are interleaved in; all of rag.fusion.FUSIONS
 MODES = ("extractive", "grounded", "free")
 
 
@@ -44,37 +44,27 @@ def history_of(q: dict):
     return [tuple(t) for t in h] if h else None
 
 
-def search_args(retriever, q: dict) -> tuple[str, dict]:
-    """The retrieval call the chat makes for this question: a follow-up carries the earlier question it
-    depends on (rag.answer.condense), passed as `context` where Retriever.search takes one."""
-    import inspect
+def bench_retrieval(chat, questions: list[dict]) -> dict:
+    """The chat's own search (Chat.plan + Chat.retrieve, follow-ups included), per fusion."""
+    from rag.embedder import embed
 
-    from rag.answer import condense
-
-    condensed = condense(q["question"], history_of(q))
-    if "context" in inspect.signature(retriever.search).parameters:
-        return q["question"], {"context": condensed}
-    return (condensed or q["question"]), {}  # older API: condense returned the whole query
-
-
-def bench_retrieval(retriever, questions: list[dict]) -> dict:
-    calls = [search_args(retriever, q) for q in questions]
-    for text, kw in calls[:3]:  # warm up: first calls pay for lazy initialisation
-        retriever.search(text, **kw)
+    plans = [chat.plan(q["question"], history_of(q)) for q in questions]
+    for plan in plans[:3]:  # warm up: first calls pay for lazy initialisation
+        chat.retrieve(plan)
     # Interleaved: each question goes through every fusion (in rotating order) before the next question,
     # so that load from other processes on a shared machine hits all fusions alike.
     # CPU time (all threads of this process) is reported beside wall time: other processes' load inflates
     # wall time but barely CPU time.
     embed, embed_cpu = [], []
     times, cpu = {f: [] for f in FUSIONS}, {f: [] for f in FUSIONS}
-    for n, (text, kw) in enumerate(calls):
+    for n, plan in enumerate(plans):
         t, c = time.perf_counter(), time.process_time()
-        retriever.embed_query(text)
+        embed(chat.retriever.model, [plan.question])
         embed.append(time.perf_counter() - t)
         embed_cpu.append(time.process_time() - c)
         for fusion in FUSIONS[n % len(FUSIONS):] + FUSIONS[: n % len(FUSIONS)]:
             t, c = time.perf_counter(), time.process_time()
-            retriever.search(text, fusion=fusion, **kw)
+            chat.retrieve(plan, fusion=fusion)
             times[fusion].append(time.perf_counter() - t)
             cpu[fusion].append(time.process_time() - c)
     out = {"embed_query_ms": common.summary(embed, 1000, 2), "embed_query_cpu_ms": common.summary(embed_cpu, 1000, 2)}
@@ -202,7 +192,7 @@ def main(argv=None) -> int:
     chat = Chat(settings, retriever=retriever)
     modes = [m for m in a.modes.split(",") if m]
     if not a.skip_retrieval:
-        results["retrieval_ms"] = bench_retrieval(retriever, questions)
+        results["retrieval_ms"] = bench_retrieval(chat, questions)
         common.write_json(out, results)  # after each phase, so a long run that is stopped keeps what it has
     if modes or a.limit != 0:
         from rag.generate import load_generator

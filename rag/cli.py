@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import RagError
 from .settings import load_settings
 
 log = logging.getLogger("rag")
@@ -26,17 +27,26 @@ def _index(args, settings) -> int:
     return 0
 
 
+def _read_history(path: str):
+    """The JSON of a --history file; what is wrong with it names the file and the position."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise RagError(f"{path}: cannot read the history file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise RagError(f"{path}: the history file is not UTF-8 text (byte {e.start})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RagError(f"{path}: the history file is not valid JSON ({e.msg}: line {e.lineno}, "
+                       f"column {e.colno})") from e
+
+
 def _ask(args, settings) -> int:
     from .answer import Chat
     from .chunking import section_title
 
-    try:
-        history = json.loads(open(args.history, encoding="utf-8").read()) if args.history else None
-    except OSError as e:
-        raise ValueError(f"{args.history}: cannot read the history file ({e.strerror})") from e
-    if history is not None and not (isinstance(history, list) and all(
-            isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in history)):
-        raise ValueError(f"{args.history}: history must be a JSON list of [question, answer] pairs")
+    history = _read_history(args.history) if args.history else None
     chat = Chat(settings)
     shown = ""
     answer = None
@@ -47,7 +57,12 @@ def _ask(args, settings) -> int:
     if args.json:
         print(json.dumps(answer.to_json(), ensure_ascii=False))
         return 0
-    print(answer.answer[len(shown):] if shown else answer.answer)
+    if shown and answer.answer.startswith(shown):
+        print(answer.answer[len(shown):])
+    elif shown:  # the model's draft was checked sentence by sentence: show what survived
+        print(f"\n\nChecked against the posts:\n{answer.answer}")
+    else:
+        print(answer.answer)
     for c in answer.citations:
         print(f"  [{c.n}] {c.post_title} — {section_title(c.section)}\n      {c.url}")
     if answer.suggestions and answer.refused:
@@ -59,28 +74,54 @@ def _ask(args, settings) -> int:
 
 
 def _eval(args, settings) -> int:
-    from .evaluate import run_eval
+    from .eval.evaluate import EvalRun, run_eval
 
-    return run_eval(args, settings)
+    return run_eval(EvalRun(args.questions, args.out, args.limit, args.mode, args.compare, args.gen_limit), settings)
 
 
 def _calibrate(args, settings) -> int:
-    from .calibrate import calibrate
+    from .eval.calibrate import calibrate
 
-    result = calibrate(settings, args.questions, args.out, args.holdout)
-    rows = [("current", result["current"]), ("chosen", result["chosen"])]
-    if "holdout" in result:
-        rows += [("held-out at chosen", result["holdout"]["at_chosen"]),
-                 ("held-out at current", result["holdout"]["at_current"])]
+    result = calibrate(settings, args.questions, args.out, args.test, args.model)
+    rows = [("dev, cross-validated", result["cross_validated"]),
+            ("dev, single cosine", result["single_cosine_cross_dev"])]
+    if "test" in result:
+        rows += [("test, model", result["test"]["model"]), ("test, single cosine", result["test"]["single_cosine"])]
     for name, r in rows:
-        print(f"{name:>22}: threshold {r['threshold']:.2f}  refusal accuracy {r['refusal_accuracy']:.3f}  "
-              f"false refusals {r['false_refusal']:.3f}")
-    print(f"set refusal_threshold = {result['chosen']['threshold']:.2f} in rag.toml to use the chosen one; "
-          f"sweep and plot written to {args.out} and {Path(args.out).with_suffix('.png')}")
+        print(f"{name:>22}: threshold {r['threshold']:.2f}  refusal {r['refusal']:.3f} {r['refusal_ci']}  "
+              f"false refusal {r['false_refusal']:.3f} {r['false_refusal_ci']}")
+    print(f"model written to {args.model or settings.coverage_model}; "
+          f"figures in {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0
 
 
+def _practice(args, settings) -> int:
+    from dataclasses import asdict
+
+    from .practice import Practice, PracticeError, format_grade, format_stats, session
+
+    practice = Practice(settings, db_path=args.db)
+    if args.stats:
+        stats = practice.stats()
+        print(json.dumps([asdict(s) for s in stats], ensure_ascii=False) if args.json else format_stats(stats))
+        return 0
+    if args.grade is not None:
+        if args.answer is None:
+            raise PracticeError("--grade needs --answer TEXT (or --answer - to read the answer from stdin)")
+        grade = practice.grade(args.grade, sys.stdin.read() if args.answer == "-" else args.answer)
+        print(json.dumps(grade.to_json(), ensure_ascii=False) if args.json else format_grade(grade))
+        return 0
+    if args.answer is not None:
+        raise PracticeError("--answer needs --grade ID (the id `rag practice --json` printed)")
+    if args.json:
+        print(json.dumps(practice.next_question(post=args.post).to_json(), ensure_ascii=False))
+        return 0
+    return session(practice, args.post)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .modes import MODES
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--index", metavar="DIR", help="index directory (default: RAG_INDEX_DIR or ./index)")
     common.add_argument("--config", metavar="FILE", help="settings file (default: RAG_CONFIG or ./rag.toml)")
@@ -100,25 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.add_argument("--history", metavar="FILE", help="earlier turns: a JSON list of [question, answer] pairs")
-    p.add_argument("--mode", choices=("extractive", "grounded", "free"), help="answer mode (default: settings)")
+    p.add_argument("--mode", choices=list(MODES), help="answer mode (default: settings)")
     p.add_argument("--post", metavar="GUID", help="only search this post")
     p.add_argument("-k", type=int, help="sections to retrieve")
     p.set_defaults(run=_ask)
 
     p = sub.add_parser("eval", parents=[common], help="score retrieval and answers on labeled questions")
-    p.add_argument("--questions", default="eval/questions.jsonl", help="JSONL questions (default: %(default)s)")
+    p.add_argument("--questions", default="eval/dev.jsonl", help="JSONL questions (default: %(default)s)")
     p.add_argument("--out", default="eval/runs/latest", help="output directory (default: %(default)s)")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--compare", action="store_true", help="run several settings side by side")
-    p.add_argument("--mode", choices=("extractive", "grounded", "free"), help="answer mode (default: settings)")
+    p.add_argument("--gen-limit", type=int, default=24,
+                   help="with --compare: questions per generator mode, stratified by kind (default: %(default)s)")
+    p.add_argument("--mode", choices=list(MODES), help="answer mode (default: settings)")
     p.set_defaults(run=_eval)
 
-    p = sub.add_parser("calibrate", parents=[common], help="choose the refusal threshold from labeled questions")
-    p.add_argument("--questions", default="eval/questions.jsonl", help="JSONL questions (default: %(default)s)")
-    p.add_argument("--holdout", default="eval/questions_holdout.jsonl",
-                   help="questions to check the chosen threshold on (default: %(default)s)")
-    p.add_argument("--out", default="eval/calibration.json", help="where to write the sweep (default: %(default)s)")
+    p = sub.add_parser("calibrate", parents=[common], help="fit the covered/not-covered decision on dev questions")
+    p.add_argument("--questions", default="eval/dev.jsonl", help="dev questions to fit on (default: %(default)s)")
+    p.add_argument("--test", default="eval/test.jsonl",
+                   help="questions to report the fitted decision on, never fit on (default: %(default)s)")
+    p.add_argument("--out", default="eval/calibration.json", help="where to write the figures (default: %(default)s)")
+    p.add_argument("--model", help="where to write the model (default: the coverage_model setting)")
     p.set_defaults(run=_calibrate)
+    p = sub.add_parser("practice", parents=[common], help="drill the posts' interview questions")
+    p.add_argument("--json", action="store_true", help="print one question (or the grade, or the stats) as JSON")
+    p.add_argument("--post", metavar="GUID_OR_TITLE", help="only questions of this post (guid or title substring)")
+    p.add_argument("--grade", metavar="ID", help="grade an answer to question ID (needs --answer)")
+    p.add_argument("--answer", metavar="TEXT", help="the answer to grade; '-' reads it from stdin")
+    p.add_argument("--stats", action="store_true", help="show progress per post")
+    p.add_argument("--db", metavar="FILE", help="progress file (default: <index>/practice.sqlite)")
+    p.set_defaults(run=_practice)
     return parser
 
 
@@ -130,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .errors import UserError
+    from .errors import RagError
 
     try:
         settings = load_settings(args.config, index_dir=args.index)
         return args.run(args, settings)
-    except UserError as e:
+    except RagError as e:
         print(f"rag: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,13 @@
-"""Errors that mean bad input or state rather than a bug: the CLI prints them as one line."""
+"""One base class for errors that mean bad input or state rather than a bug.
 
-from .feed import FeedError
-from .index import IndexUnavailable
-from .indexer import IndexBusy
-from .models import ModelError
+The CLI and the app catch `RagError` and show its message as one line; anything else is a programming
+error and keeps its traceback.
+"""
 
-UserError = (FeedError, IndexUnavailable, IndexBusy, ModelError, ValueError)
+
+class RagError(Exception):
+    """Bad input or state the user can fix; the message says what to do."""
+
+
+class ModelError(RagError):
+    """A configured model cannot be found, verified or loaded."""

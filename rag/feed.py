@@ -8,18 +8,31 @@ import logging
 import re
 import urllib.error
 import urllib.request
+import xml.sax
 from dataclasses import dataclass
 from pathlib import Path
 from time import strftime
 from urllib.parse import urlparse
 
 import feedparser
+from feedparser.exceptions import CharacterEncodingOverride, CharacterEncodingUnknown, UndeclaredNamespace
 from bs4 import BeautifulSoup
 from markdownify import MarkdownConverter
+
+from .errors import RagError
 
 log = logging.getLogger(__name__)
 
 MAX_FEED_BYTES = 200 * 1024 * 1024
+# Characters of one item's HTML. The largest bundled post is about 64,000; a bigger item is skipped before any
+# HTML parsing (a 50 MB item took 15 s and 540 MB in BeautifulSoup, and chunking it never ended).
+MAX_ITEM_CHARS = 2_000_000
+UNCHANGED = "the index was not changed"
+# A link is stored only when it is an absolute http(s) URL with no whitespace, control characters or characters
+# that can never appear unescaped in a URL (they would end an HTML attribute or a Markdown link).
+_WEB_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f<>\"`\\]+", re.IGNORECASE)
+# A valid multi-byte UTF-8 sequence: bytes that look like UTF-8 text, as opposed to a legacy single-byte encoding.
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 # Substack furniture that is not content: subscribe widgets, buttons, images, share/embeds.
 NOT_CONTENT = (
     "script, style, noscript, iframe, form, button, input, svg, figure, img, picture, "
@@ -28,7 +41,7 @@ NOT_CONTENT = (
 )
 
 
-class FeedError(Exception):
+class FeedError(RagError):
     """The feed cannot be read or holds nothing usable."""
 
 
@@ -126,13 +139,72 @@ def _entry_html(entry) -> str:
     return html or entry.get("summary", "") or entry.get("description", "")
 
 
-def parse_feed(data: bytes, source: str = "feed") -> list[Post]:
-    """Parse RSS/Atom bytes into posts; items without content or with a repeated guid are skipped with a warning."""
+def _line_column(data: bytes, offset: int) -> tuple[int, int]:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _check_well_formed(parsed, data: bytes, source: str) -> None:
+    """feedparser falls back to a lenient parser for broken XML and still returns entries, cut-off ones included;
+    a feed that is not well-formed is refused, so that a truncated or damaged download never replaces a post."""
+    if not parsed.get("bozo"):
+        return
+    exc = parsed.get("bozo_exception")
+    if isinstance(exc, CharacterEncodingOverride):
+        # Harmless when the declared encoding is simply wrong (a Latin-1 feed declared as UTF-8). But text that is
+        # otherwise UTF-8 with a bad byte is damage: feedparser would re-decode all of it as windows-1252.
+        if parsed.get("encoding", "").lower() != "utf-8" and _UTF8_MULTIBYTE.search(data):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line, column = _line_column(data, e.start)
+                raise FeedError(f"{source} is not valid UTF-8 at line {line}, column {column} (damaged download?); "
+                                f"{UNCHANGED}") from None
+        log.warning("%s: %s", source, exc)
+        return
+    if isinstance(exc, CharacterEncodingUnknown):  # feedparser then skips the XML check altogether
+        raise FeedError(f"{source}: cannot tell its character encoding ({exc}); {UNCHANGED}")
+    if isinstance(exc, feedparser.ThingsNobodyCaresAboutButMe):  # e.g. NonXMLContentType: not about the XML
+        log.warning("%s: %s", source, exc)
+        return
+    if isinstance(exc, xml.sax.SAXParseException):
+        where = f" at line {exc.getLineNumber()}, column {exc.getColumnNumber() + 1}"  # expat counts columns from 0
+        reason = exc.getMessage()
+    else:
+        where, reason = "", str(exc)
+    raise FeedError(f"{source} is not well-formed XML{where} ({reason}; truncated download?); {UNCHANGED}")
+
+
+def _web_url(url: str) -> str:
+    url = (url or "").strip()
+    return url if _WEB_URL.fullmatch(url) and urlparse(url).netloc else ""
+
+
+def _entry_url(entry, guid: str, source: str, title: str) -> str:
+    """Only http(s) links are stored: a `javascript:` or `data:` link would become an href in the app."""
+    link = entry.get("link") or ""
+    if _web_url(link):
+        return link.strip()
+    fallback = _web_url(guid)
+    if link:
+        log.warning("%s %r: link %r is not an http(s) URL; %s", source, title, link[:200],
+                    f"using the guid {fallback} instead" if fallback else "the post is kept without a link")
+    return fallback
+
+
+def parse_feed(data: bytes, source: str = "feed", max_item_chars: int = MAX_ITEM_CHARS) -> list[Post]:
+    """Parse RSS/Atom bytes into posts. A feed that is not well-formed XML is refused (FeedError) as a whole;
+    items without content, with a repeated guid or with more than `max_item_chars` characters of HTML are
+    skipped with a warning."""
     # sanitize_html=False keeps data-attrs (formulas); scripts are removed by html_to_markdown.
-    parsed = feedparser.parse(data, sanitize_html=False, resolve_relative_uris=False)
+    try:
+        parsed = feedparser.parse(data, sanitize_html=False, resolve_relative_uris=False)
+    except UndeclaredNamespace as e:  # raised from inside feedparser's XML parser rather than reported
+        raise FeedError(f"{source} is not well-formed XML ({e}); {UNCHANGED}") from None
     if not parsed.entries:
         reason = f": {parsed.get('bozo_exception')}" if parsed.get("bozo") else ""
         raise FeedError(f"{source} is not an RSS/Atom feed with items{reason}")
+    _check_well_formed(parsed, data, source)
     posts: list[Post] = []
     seen: set[str] = set()
     for i, entry in enumerate(parsed.entries, 1):
@@ -144,21 +216,26 @@ def parse_feed(data: bytes, source: str = "feed") -> list[Post]:
         if guid in seen:
             log.warning("skipping %s %r: duplicate guid %s (the first one is kept)", source, title, guid)
             continue
+        html = _entry_html(entry)
+        if len(html) > max_item_chars:  # checked on the raw string, before any HTML parsing
+            log.warning("skipping %s %r: its HTML is %s characters, over the limit of %s per item",
+                        source, title, f"{len(html):,}", f"{max_item_chars:,}")
+            continue
         try:
-            markdown = html_to_markdown(_entry_html(entry))
+            markdown = html_to_markdown(html)
         except RecursionError:
             log.warning("%s %r: HTML nested too deeply to convert; indexed as plain text", source, title)
-            markdown = _plain_text(_entry_html(entry))
+            markdown = _plain_text(html)
         if not markdown:
             log.warning("skipping %s %r: the item has no content", source, title)
             continue
         seen.add(guid)
-        posts.append(Post(guid=guid, title=title, url=entry.get("link") or guid, date=_entry_date(entry),
-                          author=entry.get("author", ""), markdown=markdown))
+        posts.append(Post(guid=guid, title=title, url=_entry_url(entry, guid, source, title),
+                          date=_entry_date(entry), author=entry.get("author", ""), markdown=markdown))
     if not posts:
         raise FeedError(f"{source} has no items with content")
     return posts
 
 
-def read_feed(source: str | Path) -> list[Post]:
-    return parse_feed(_read_source(source), str(source))
+def read_feed(source: str | Path, max_item_chars: int = MAX_ITEM_CHARS) -> list[Post]:
+    return parse_feed(_read_source(source), str(source), max_item_chars=max_item_chars)

@@ -12,6 +12,7 @@ posts from the old one and FAISS is always derived from it. No pickle anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,16 +27,20 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .errors import RagError
 from .chunking import CHUNKER_VERSION, Chunk
 from .feed import Post
 from .settings import Settings
+from .text import STOPWORDS
 from .vectors import build_vector_index
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chunks.context, the title and headings each chunk was embedded with
 DB_FILE, VECTORS_FILE, MANIFEST_FILE = "chunks.sqlite", "vectors.faiss", "manifest.json"
 CURRENT_FILE, PREVIOUS_FILE = "CURRENT", "PREVIOUS"
+
+_CHUNK_COLUMNS = "SELECT c.id, c.post_guid, p.title, c.section, c.section_no, c.url, c.text, c.position, c.context"
 
 SCHEMA = """
 CREATE TABLE posts (
@@ -44,25 +49,17 @@ CREATE TABLE posts (
 CREATE TABLE chunks (
     id INTEGER PRIMARY KEY, post_guid TEXT NOT NULL REFERENCES posts(guid), section TEXT NOT NULL,
     section_no INTEGER NOT NULL, url TEXT NOT NULL, text TEXT NOT NULL, position INTEGER NOT NULL,
-    embedding BLOB NOT NULL);
+    context TEXT NOT NULL, embedding BLOB NOT NULL);
 CREATE INDEX chunks_by_section ON chunks(post_guid, section_no);
 CREATE VIRTUAL TABLE chunks_fts USING fts5(body, tokenize='porter unicode61');
 """
 
-# Query words that carry no topic; FTS5 would rank on them otherwise.
-STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before
-being below between both but by can could did do does doing down during each few for from further had has have
-having he her here hers him his how i if in into is it its itself just me more most my no nor not now of off on
-once only or other our out over own same she should so some such than that the their them then there these they
-this those through to too under until up very was we were what when where which while who whom why will with
-would you your explain tell describe difference between vs versus""".split())
-
-
-class IndexUnavailable(Exception):
+class IndexUnavailable(RagError):
     """The index is missing, corrupt or built with other settings; the message says what to do."""
 
 
-def manifest_for(settings: Settings, dimension: int, posts: int, chunks: int, generation: str, kind: str) -> dict:
+def manifest_for(settings: Settings, dimension: int, posts: int, chunks: int, generation: str, kind: str,
+                 files: dict[str, str]) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "embedder": settings.embedder,
@@ -72,7 +69,23 @@ def manifest_for(settings: Settings, dimension: int, posts: int, chunks: int, ge
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "generation": generation,
         "counts": {"posts": posts, "chunks": chunks},
+        "files": files,  # SHA-256 of each data file, checked whenever the generation is opened
     }
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def damaged_files(path: Path, manifest: dict) -> list[str]:
+    """Data files of a generation whose bytes differ from what the manifest recorded when it was written
+    (random bytes in SQLite or FAISS would otherwise be served as NaN vectors or crash a query)."""
+    expected = manifest.get("files")
+    if not isinstance(expected, dict) or set(expected) != {DB_FILE, VECTORS_FILE}:
+        return [MANIFEST_FILE]
+    return [name for name, digest in expected.items()
+            if not (path / name).is_file() or file_digest(path / name) != digest]
 
 
 def chunking_settings(settings: Settings) -> dict:
@@ -123,6 +136,25 @@ def latest_generation(index_dir: Path) -> str | None:
     return _pointer(index_dir, CURRENT_FILE) or (complete[-1] if complete else None)
 
 
+def read_posts(index_dir: Path) -> list[Post]:
+    """The posts of the latest complete generation, read straight from SQLite so that even an index built
+    with other settings (which Index.open refuses) hands its posts on to a rebuild: nothing is lost because
+    a feed is shorter. A damaged database is an IndexUnavailable."""
+    name = latest_generation(index_dir)
+    if name is None:
+        return []
+    try:
+        db = sqlite3.connect(f"file:{index_dir / name / DB_FILE}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT guid, title, url, date, author, markdown FROM posts").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise IndexUnavailable(f"cannot read the posts of {index_dir / name} ({e}); "
+                               f"run `rag index --rebuild`") from e
+    return [Post(*r) for r in rows]
+
+
 @dataclass(frozen=True)
 class StoredPost:
     guid: str
@@ -158,6 +190,10 @@ class Index:
         if problems:
             raise IndexUnavailable(f"index {path} was built with other settings ({'; '.join(problems)}); "
                               f"run `rag index --rebuild` to rebuild it with the current settings")
+        damaged = damaged_files(path, manifest)
+        if damaged:
+            raise IndexUnavailable(f"index {path} is damaged ({', '.join(damaged)} changed since it was written); "
+                                   f"run `rag index --rebuild`")
         try:
             db = sqlite3.connect(f"file:{path / DB_FILE}?mode=ro", uri=True, check_same_thread=False)
             (count,) = db.execute("SELECT count(*) FROM chunks").fetchone()
@@ -196,17 +232,15 @@ class Index:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        rows = self._query(
-            f"SELECT c.id, c.post_guid, p.title, c.section, c.section_no, c.url, c.text, c.position "
-            f"FROM chunks c JOIN posts p ON p.guid = c.post_guid WHERE c.id IN ({marks})", list(ids))
+        rows = self._query(f"{_CHUNK_COLUMNS} FROM chunks c JOIN posts p ON p.guid = c.post_guid "
+                           f"WHERE c.id IN ({marks})", list(ids))
         return {r[0]: Chunk(*r[1:]) for r in rows}
 
     def section_chunks(self, post_guid: str, section_no: int, limit: int = 40) -> list[tuple[int, Chunk]]:
         """The chunks of one section followed by those of its subsections, in reading order."""
-        rows = self._query(
-            "SELECT c.id, c.post_guid, p.title, c.section, c.section_no, c.url, c.text, c.position "
-            "FROM chunks c JOIN posts p ON p.guid = c.post_guid WHERE c.post_guid = ? AND c.section_no >= ? "
-            "ORDER BY c.position LIMIT ?", (post_guid, section_no, limit))
+        rows = self._query(f"{_CHUNK_COLUMNS} FROM chunks c JOIN posts p ON p.guid = c.post_guid "
+                           "WHERE c.post_guid = ? AND c.section_no >= ? ORDER BY c.position LIMIT ?",
+                           (post_guid, section_no, limit))
         out = [(r[0], Chunk(*r[1:])) for r in rows]
         head = next((c.section for _, c in out if c.section_no == section_no), None)
         members = []
@@ -218,6 +252,19 @@ class Index:
 
     def post_chunk_ids(self, post_guid: str) -> list[int]:
         return [r[0] for r in self._query("SELECT id FROM chunks WHERE post_guid = ?", (post_guid,))]
+
+    def post_chunks(self, post_guid: str) -> tuple[list[Chunk], np.ndarray]:
+        """A post's chunks in reading order and their stored vectors, exactly as embedded: what a new
+        generation copies for an unchanged post."""
+        rows = self._query(f"{_CHUNK_COLUMNS}, c.embedding FROM chunks c JOIN posts p ON p.guid = c.post_guid "
+                           "WHERE c.post_guid = ? ORDER BY c.position", (post_guid,))
+        vectors = np.frombuffer(b"".join(r[-1] for r in rows), dtype="float32").reshape(len(rows), -1)
+        return [Chunk(*r[1:-1]) for r in rows], vectors
+
+    def all_chunks(self) -> list[Chunk]:
+        """Every chunk in post and reading order (for the eval's text checks and practice mode)."""
+        return [Chunk(*r[1:]) for r in self._query(
+            f"{_CHUNK_COLUMNS} FROM chunks c JOIN posts p ON p.guid = c.post_guid ORDER BY c.post_guid, c.position")]
 
     def sections(self) -> list[tuple[str, str]]:
         """(post guid, heading path) of every section, in reading order."""
@@ -259,9 +306,9 @@ class GenerationWriter:
 
     def add_chunks(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
         for chunk, vector in zip(chunks, vectors, strict=True):
-            self.db.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?)",
+            self.db.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?)",
                             (self.next_id, chunk.post_guid, chunk.section, chunk.section_no, chunk.url,
-                             chunk.text, chunk.position, np.asarray(vector, dtype="float32").tobytes()))
+                             chunk.text, chunk.position, chunk.context, np.asarray(vector, dtype="float32").tobytes()))
             self.db.execute("INSERT INTO chunks_fts(rowid, body) VALUES (?, ?)", (self.next_id, chunk.embed_text))
             self.next_id += 1
 
@@ -276,7 +323,8 @@ class GenerationWriter:
         self.db.commit()
         self.db.execute("VACUUM")
         self.db.close()
-        manifest = manifest_for(self.settings, self.dimension, posts, len(vectors), self.name, kind)
+        files = {name: file_digest(self.tmp / name) for name in (DB_FILE, VECTORS_FILE)}
+        manifest = manifest_for(self.settings, self.dimension, posts, len(vectors), self.name, kind, files)
         _write_durably(self.tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
         for f in self.tmp.iterdir():
             _fsync(f)

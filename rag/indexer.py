@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from .chunking import Chunk, Chunker
+from .errors import RagError
 from .feed import Post, read_feed
-from .index import (DB_FILE, GenerationWriter, Index, IndexUnavailable, _checkpoint, current_generation,
-                    latest_generation, prune_generations)
-from .models import embed, load_embedder
+from .index import (GenerationWriter, Index, IndexUnavailable, _checkpoint, current_generation,
+                    prune_generations, read_posts)
+from .embedder import embed, load_embedder
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class IndexBusy(Exception):
+class IndexBusy(RagError):
     """Another `rag index` holds the lock."""
 
 
@@ -50,20 +49,16 @@ class UpdateReport:
         return "\n".join(lines)
 
 
-def _stored_posts(settings: Settings) -> dict[str, Post]:
-    """Posts of the current generation, read straight from SQLite so that even an index built with other
-    settings hands its posts on to a rebuild (nothing is lost because a feed is shorter)."""
-    name = latest_generation(settings.index_dir)
-    if name is None:
-        return {}
+def _stored_posts(settings: Settings, rebuild: bool) -> dict[str, Post]:
+    """Posts of the latest generation, kept unless removed on purpose. A --rebuild of a damaged database
+    goes on from the feed alone (there is nothing left to keep); an update stops and says so."""
     try:
-        db = sqlite3.connect(f"file:{settings.index_dir / name / DB_FILE}?mode=ro", uri=True)
-        rows = db.execute("SELECT guid, title, url, date, author, markdown FROM posts").fetchall()
-        db.close()
-    except sqlite3.Error as e:
-        log.warning("cannot read posts of the current index (%s); rebuilding from the feed only", e)
+        return {p.guid: p for p in read_posts(settings.index_dir)}
+    except IndexUnavailable as e:
+        if not rebuild:
+            raise
+        log.warning("%s; rebuilding from the feed only", e)
         return {}
-    return {r[0]: Post(*r) for r in rows}
 
 
 def _open_old(settings: Settings, rebuild: bool) -> Index | None:
@@ -95,7 +90,7 @@ def update_index(settings: Settings, feed: str | Path | None = None, rebuild: bo
 
 def _update(settings: Settings, feed, rebuild: bool, remove: tuple[str, ...]) -> UpdateReport:
     start = time.perf_counter()
-    stored = _stored_posts(settings)
+    stored = _stored_posts(settings, rebuild)
     old = _open_old(settings, rebuild)
     feed_posts = {} if remove and feed is None else {p.guid: p for p in read_feed(feed or settings.feed)}
     unknown = [g for g in remove if g not in stored and g not in feed_posts]
@@ -144,8 +139,7 @@ def _write(settings: Settings, old: Index | None, to_copy: list[Post], to_embed:
     try:
         for post in to_copy:
             writer.add_post(post)
-            copied, copied_vectors = _copy_chunks(old, post)
-            writer.add_chunks(copied, copied_vectors)
+            writer.add_chunks(*old.post_chunks(post.guid))
         for post in to_embed:
             writer.add_post(post)
         writer.add_chunks(chunks, vectors)
@@ -154,14 +148,3 @@ def _write(settings: Settings, old: Index | None, to_copy: list[Post], to_embed:
     except BaseException:
         writer.abort()
         raise
-
-
-def _copy_chunks(old: Index, post: Post):
-    """An unchanged post's chunks and vectors, exactly as the old generation has them."""
-    rows = old.db.execute("SELECT c.section, c.section_no, c.url, c.text, c.position, f.body, c.embedding "
-                          "FROM chunks c JOIN chunks_fts f ON f.rowid = c.id "
-                          "WHERE c.post_guid = ? ORDER BY c.position", (post.guid,)).fetchall()
-    # the keyword index body is context + text: recover the context the chunk was embedded with
-    chunks = [Chunk(post.guid, post.title, *r[:5], r[5][: len(r[5]) - len(r[3])]) for r in rows]
-    vectors = np.frombuffer(b"".join(r[6] for r in rows), dtype="float32").reshape(len(rows), -1)
-    return chunks, vectors

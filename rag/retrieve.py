@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from .coverage import CoverageModel, Vocabulary, features
+from .embedder import embed, load_embedder
+from .fusion import get_fusion, minmax
 from .index import Index, LiveIndex
-from .models import embed, load_embedder
 from .settings import Settings
-
-FUSIONS = ("convex", "rrf", "dense", "bm25")
 
 
 @dataclass
@@ -40,16 +40,12 @@ class Retrieval:
     covered: bool
     confidence: float  # the score the "covered" decision is made on
     seconds: float
+    query_vector: np.ndarray | None = None  # the embedding of `query`, so answering need not embed it again
+    signals: dict = field(default_factory=dict)  # what the covered decision was made on (rag.coverage)
+    joined: bool = False  # searched together with the previous question (a follow-up)
 
 
-def _minmax(scores: dict) -> dict:
-    if not scores:
-        return {}
-    lo, hi = min(scores.values()), max(scores.values())
-    return {i: (s - lo) / (hi - lo) if hi > lo else 1.0 for i, s in scores.items()}
-
-
-def _join_overlapping(texts: list[str]) -> str:
+def join_overlapping(texts: list[str]) -> str:
     """Join consecutive chunks of a section, dropping the overlap the splitter repeated."""
     out = texts[0] if texts else ""
     for t in texts[1:]:
@@ -74,7 +70,7 @@ def _heading_variants(section: str) -> list[str]:
 def _section_text(members: list, section_no: int, max_words: int) -> str:
     """A section's own text, then its subsections (with their headings) while they fit in max_words:
     an answer often sits in a sub-part of the question whose heading the user's words match."""
-    own = _join_overlapping([c.text for _, c in members if c.section_no == section_no])
+    own = join_overlapping([c.text for _, c in members if c.section_no == section_no])
     words = len(own.split())
     parts, current = [own], None
     for _, c in members:
@@ -87,7 +83,7 @@ def _section_text(members: list, section_no: int, max_words: int) -> str:
             current = c.section_no
             parts.append(f"**{c.section.split(' > ')[-1]}**")
         parts.append(c.text)
-    return _join_overlapping(parts) if len(parts) > 1 else own
+    return join_overlapping(parts) if len(parts) > 1 else own
 
 
 # Chat shorthand for ML terms that the posts spell out (each appears in at most 3 of the 421 chunks, against
@@ -95,10 +91,10 @@ def _section_text(members: list, section_no: int, max_words: int) -> str:
 # "LightGBM" or "NaNs" to "missing values". Abbreviations the posts themselves use (kNN, SVM, MSE, SGD,
 # RLHF...) stay as they are: spelling them out only blurs the match.
 SHORTHAND = {
-    "rf": "random forest", "gbdt": "gradient boosted decision trees", "lgbm": "LightGBM", "xgb": "XGBoost",
+    "rf": "random forest", "gbdt": "gradient boosted decision trees", "lgbm": "LightGBM",
     "tsne": "t-SNE", "pca": "principal component analysis", "oob": "out-of-bag", "bce": "binary cross-entropy",
-    "bn": "batch normalization", "moe": "mixture of experts", "dpo": "direct preference optimization",
-    "nan": "missing values", "nans": "missing values", "vals": "values", "err": "error", "init": "initialization",
+    "bn": "batch normalization", "dpo": "direct preference optimization",
+    "nan": "missing values", "nans": "missing values", "err": "error", "init": "initialization",
     "feats": "features", "dims": "dimensions", "params": "parameters", "hyperparams": "hyperparameters",
 }
 _SHORTHAND = re.compile(r"\b(" + "|".join(sorted(map(re.escape, SHORTHAND), key=len, reverse=True)) + r")\b", re.I)
@@ -118,13 +114,12 @@ class Retriever:
         self.model = load_embedder(settings.embedder, settings.device)
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add contention (docs/benchmarks.md)
         self._headings: dict[str, np.ndarray] = {}  # heading -> vector, filled lazily
+        self.coverage = CoverageModel.load(settings.coverage_model)
+        self._vocabulary: tuple[str, Vocabulary] | None = None  # (generation, its vocabulary)
 
     @property
     def index(self) -> Index:
         return self.live.get() if isinstance(self.live, LiveIndex) else self.live
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return embed(self.model, [text])
 
     def score_chunks(self, index: Index, query: str, qvec: np.ndarray, post: str | None,
                      fusion: str) -> tuple[dict[int, float], dict[int, float]]:
@@ -136,26 +131,13 @@ class Retriever:
             dense = dict(sorted(zip(own, map(float, scores)), key=lambda kv: -kv[1])[:n])
         else:
             dense = dict(index.dense_search(qvec, n))
-        keyword = dict(index.keyword_search(query, n, post)) if fusion != "dense" else {}
+        strategy = get_fusion(fusion)
+        keyword = dict(index.keyword_search(query, n, post)) if strategy.needs_keyword else {}
         ids = list(dict.fromkeys([*dense, *keyword]))
         # exact cosine for every candidate, so keyword-only hits are comparable on the dense scale too
         cos = dict(zip(ids, (index.vectors.reconstruct_batch(np.array(ids, dtype="int64")) @ qvec[0]).tolist())) \
             if ids else {}
-        if fusion == "dense":
-            fused = dense
-        elif fusion == "bm25":
-            fused = keyword
-        elif fusion == "rrf":
-            k = self.settings.rrf_k
-            rank_d = {i: r for r, i in enumerate(sorted(dense, key=lambda i: -dense[i]))}
-            rank_k = {i: r for r, i in enumerate(sorted(keyword, key=lambda i: -keyword[i]))}
-            fused = {i: (1 / (k + rank_d[i]) if i in rank_d else 0) + (1 / (k + rank_k[i]) if i in rank_k else 0)
-                     for i in ids}
-        elif fusion == "convex":
-            d, b, w = _minmax({i: cos[i] for i in ids}), _minmax(keyword), self.settings.dense_weight
-            fused = {i: w * d[i] + (1 - w) * b.get(i, 0.0) for i in ids}
-        else:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        fused = strategy.fuse(dense, keyword, cos, self.settings)
         return fused, cos
 
     def search(self, query: str, k: int | None = None, post: str | None = None,
@@ -177,10 +159,27 @@ class Retriever:
         qvec = vectors.mean(axis=0, keepdims=True)
         qvec /= np.linalg.norm(qvec)
         passages = self._sections(index, fused, cos, k, qvec)
+        covered, confidence, signals = self.decide(index, queries[-1], passages)
+        return Retrieval(queries[-1], passages, covered, confidence, time.perf_counter() - start, vectors[-1:],
+                         signals, bool(context))
+
+    def decide(self, index: Index, query: str, passages: list[Passage]) -> tuple[bool, float, dict]:
+        """Covered or not, the confidence it was decided on, and the signals (rag.coverage)."""
+        signals = features(query, passages, self.vocabulary(index))
+        if self.coverage is not None:
+            p = self.coverage.probability(signals)
+            return p >= self.coverage.threshold, p, signals
         # a short question can match its section's heading far better than the section's long text
-        confidence = max((max(p.dense, p.heading) for p in passages), default=0.0)
-        return Retrieval(" ".join(queries[-1:]), passages, confidence >= self.settings.refusal_threshold,
-                         confidence, time.perf_counter() - start)
+        confidence = max(signals["dense"], signals["heading"])
+        return confidence >= self.settings.refusal_threshold, confidence, signals
+
+    def vocabulary(self, index: Index) -> Vocabulary:
+        if self._vocabulary is None or self._vocabulary[0] != index.generation:
+            sections: dict[tuple[str, int], list[str]] = {}
+            for c in index.all_chunks():
+                sections.setdefault((c.post_guid, c.section_no), [c.section]).append(c.text)
+            self._vocabulary = (index.generation, Vocabulary([" ".join(t) for t in sections.values()]))
+        return self._vocabulary[1]
 
     def heading_similarity(self, qvec: np.ndarray, headings: list[str]) -> np.ndarray:
         """Cosine of the query with section headings, which in this blog are mostly the interview questions."""
@@ -204,7 +203,7 @@ class Retriever:
         heads = np.array([self.heading_similarity(qvec, _heading_variants(chunks[groups[key][0]].section)).max()
                           for key in keys])
         w = self.settings.heading_weight
-        top = _minmax({key: fused[ids[0]] for key, ids in groups.items()})
+        top = minmax({key: fused[ids[0]] for key, ids in groups.items()})
         heading = dict(zip(keys, heads.tolist()))
         score = {key: top[key] + w * heading[key] for key in keys}
         best = {key: groups[key] for key in sorted(keys, key=lambda key: -score[key])[:k]}
@@ -217,7 +216,7 @@ class Retriever:
             passages.append(Passage(
                 post_guid=guid, post_title=top.post_title, section=top.section, url=top.url,
                 date=dates.get(guid, ""), text=_section_text(members, section_no, self.settings.section_words),
-                context=_join_overlapping([c.text for i, c in members if i in hits]),
+                context=join_overlapping([c.text for i, c in members if i in hits]),
                 score=score[(guid, section_no)], dense=max(cos.get(i, 0.0) for i in hit_ids),
                 heading=heading[(guid, section_no)], chunk_ids=hit_ids))
         return passages

@@ -12,8 +12,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RagError
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_FEED = PROJECT_DIR / "corpus" / "dshandbook-interview-prep.rss.xml"
+
+
+class SettingsError(RagError):
+    """A setting has an unknown name or an invalid value."""
 
 
 @dataclass(frozen=True)
@@ -38,19 +44,17 @@ class Settings:
     # retrieval
     top_k: int = 5
     candidates: int = 30
-    fusion: str = "convex"  # convex | rrf | dense | bm25
+    fusion: str = "convex"  # one of rag.fusion.FUSIONS
     dense_weight: float = 0.6
     rrf_k: int = 60
     followup_weight: float = 0.3  # a follow-up's own words vs the follow-up joined to the previous question
     heading_weight: float = 0.3  # bonus for a section whose heading matches the question
-    refusal_threshold: float = 0.49  # from `rag calibrate` on eval/questions.jsonl (eval/calibration.json)
+    coverage_model: Path | None = PROJECT_DIR / "rag" / "coverage_model.json"  # `rag calibrate` writes it
+    refusal_threshold: float = 0.49  # without a coverage model: the best dense or heading cosine must reach it
     section_words: int = 400  # a cited section shows its subsections up to this many words
 
     # answering
-    # extractive | grounded | free. Extractive wins on the dev set (docs/eval.md, all 153 questions): token F1
-    # 0.257 vs 0.188 (grounded) and 0.149 (free), groundedness 1.00 / 1.00 / 0.10, answer p50 0.14 s vs 1.08 s
-    # and 6.7 s.
-    answer_mode: str = "extractive"
+    answer_mode: str = "extractive"  # one of rag.modes.MODES; the default is the best on dev (docs/eval.md)
     max_new_tokens: int = 160
     grounded_candidates: int = 8  # sentences the copy-constrained model may choose from
     second_hop_margin: float = 0.15  # extractive: a 2nd-section sentence may be this much less similar
@@ -63,8 +67,26 @@ class Settings:
 
     def __post_init__(self):
         object.__setattr__(self, "index_dir", Path(self.index_dir))
-        if self.feedback_path is not None:
-            object.__setattr__(self, "feedback_path", Path(self.feedback_path))
+        for name in ("feedback_path", "coverage_model"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Values a run would trip over later, refused now with the choices."""
+        from .fusion import FUSIONS
+        from .modes import MODES
+
+        for name, value, choices in (("answer_mode", self.answer_mode, MODES), ("fusion", self.fusion, FUSIONS)):
+            if value not in choices:
+                raise SettingsError(f"unknown {name.replace('_', ' ')} {value!r}; one of {', '.join(choices)}")
+        for name in ("top_k", "candidates", "max_new_tokens", "max_question_chars", "context_tokens",
+                     "max_chunk_tokens", "embed_batch_size", "port"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"setting {name} must be at least 1, not {getattr(self, name)}")
+        for name in ("dense_weight", "followup_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SettingsError(f"setting {name} must be between 0 and 1, not {getattr(self, name)}")
 
     @property
     def feedback_file(self) -> Path:
@@ -77,14 +99,14 @@ class Settings:
 def _coerce(name: str, raw):
     """Convert a TOML or environment value to the type of the field's default."""
     if name not in _field_names():
-        raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(_field_names()))}")
+        raise SettingsError(f"unknown setting {name!r}; known: {', '.join(sorted(_field_names()))}")
     default = getattr(Settings(), name)
     if default is None or isinstance(raw, type(default)):
         return raw
     try:
         return Path(raw) if isinstance(default, Path) else type(default)(raw)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"setting {name}={raw!r} is not a valid {type(default).__name__}") from e
+        raise SettingsError(f"setting {name}={raw!r} is not a valid {type(default).__name__}") from e
 
 
 def _field_names() -> set[str]:

@@ -2,7 +2,7 @@ import pytest
 
 from rag.chunking import Chunker, anchor, section_title
 from rag.feed import read_feed
-from rag.models import load_embedder
+from rag.embedder import load_embedder
 from rag.settings import DEFAULT_FEED
 
 

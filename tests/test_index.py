@@ -12,9 +12,9 @@ from filelock import FileLock
 
 from rag.chunking import Chunker
 from rag.feed import read_feed
-from rag.index import Index, IndexUnavailable, current_generation
+from rag.index import SCHEMA_VERSION, Index, IndexUnavailable, current_generation
 from rag.indexer import IndexBusy, update_index
-from rag.models import embed, load_embedder
+from rag.embedder import embed, load_embedder
 
 from .conftest import NEW_POST_HTML, run_rag, write_feed
 
@@ -32,7 +32,7 @@ def test_full_build_then_unchanged_feed_embeds_nothing(full_index):
     index = Index.open(settings)
     assert index.manifest["counts"] == {"posts": 10, "chunks": report.chunks_total}
     assert index.manifest["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert index.manifest["dimension"] == 384 and index.manifest["schema_version"] == 1
+    assert index.manifest["dimension"] == 384 and index.manifest["schema_version"] == SCHEMA_VERSION
 
 
 def test_index_is_queryable_dense_and_keyword(full_index):
@@ -173,10 +173,12 @@ def test_status_shows_manifest_and_posts(full_index):
 
 
 def test_bad_feed_never_touches_the_index(full_index, tmp_path):
-    settings, _ = full_index
+    settings, report = full_index
     generation = current_generation(settings.index_dir)
     (tmp_path / "bad.xml").write_text("<rss><channel><title>x</title></channel></rss>")
     result = run_rag("index", "--index", str(settings.index_dir), "--feed", str(tmp_path / "bad.xml"))
-    assert result.returncode == 2 and "no items" in result.stderr.lower() or "not an rss" in result.stderr.lower()
+    assert result.returncode == 2, result.stderr
+    assert "no items" in result.stderr.lower() or "not an rss" in result.stderr.lower(), result.stderr
     assert current_generation(settings.index_dir) == generation
-    assert np.isfinite(Index.open(settings).vectors.ntotal)
+    assert Index.open(settings).vectors.ntotal == report.chunks_total
+

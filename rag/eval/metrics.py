@@ -11,21 +11,38 @@ from collections import Counter
 
 import numpy as np
 
-from .grounding import CITATION, SENTENCE_SPLIT, SUPPORT_THRESHOLD, sentences, supported
+from ..grounding import SUPPORT_THRESHOLD, names_and_numbers_in, overlap
+from ..text import CITATION, STOPWORDS, cited_sentences, words
 
 log = logging.getLogger(__name__)
 
 KINDS = ("factual", "conceptual", "paraphrase", "multi_hop", "followup", "unanswerable")
 CURVE_K = 10  # hit@k curve and nDCG cutoff
 STAGES = ("retrieve", "first_token", "total")
+STRICT_THRESHOLD = 0.7
+NEGATIONS = frozenset({"not", "no", "never", "without", "cannot", "nor", "none", "neither"})
 SUPPORT_TEST = (
-    f"An answer sentence (split with rag.grounding.sentences, citation markers removed) is *supported* when "
-    f"at least one passage it cites with a valid marker [n] (n is one of the answer's citations) contains at "
-    f"least {SUPPORT_THRESHOLD:.0%} of the sentence's content words (lower-cased, stop words removed; "
-    f"rag.grounding.supported, checked against the cited section's full text). A marker right after a "
-    f"sentence belongs to it; a single block of markers ending an otherwise unmarked answer cites every "
-    f"sentence. A sentence without a valid citation is unsupported. Groundedness = supported sentences / "
-    f"answer sentences, averaged over answers that are not refusals.")
+    f"An answer sentence (split with rag.text.cited_sentences, citation markers removed) is *supported* when "
+    f"at least one passage it cites with a valid marker [n] (n is one of the answer's citations) contains "
+    f"at least {STRICT_THRESHOLD:.0%} of the sentence's content-word stems (Snowball, stop words removed), every "
+    f"number and every named term of the sentence (an acronym or a word with an inner capital: OOB, GELU, "
+    f"LayerNorm, XGBoost) and every negation word ({', '.join(sorted(NEGATIONS))}, n't) the sentence uses. "
+    f"This is stricter than the check the chat itself uses to keep a sentence ({SUPPORT_THRESHOLD:.0%} of stems, "
+    f"numbers and named terms; rag.grounding.supported), so groundedness is not 1.0 by construction. A marker "
+    f"right after a sentence belongs to it; a single block of markers ending an otherwise unmarked answer "
+    f"cites every sentence. A sentence without a valid citation is unsupported. Groundedness = supported "
+    f"sentences / answer sentences, averaged over answers that are not refusals.")
+
+
+def _negations(text: str) -> set[str]:
+    found = set(words(text)) & NEGATIONS
+    return found | ({"n't"} if "n't" in text.lower() or "n’t" in text.lower() else set())
+
+
+def strictly_supported(sentence: str, passage: str) -> bool:
+    """The eval's support test (SUPPORT_TEST)."""
+    return (overlap(sentence, passage) >= STRICT_THRESHOLD and names_and_numbers_in(sentence, passage)
+            and _negations(sentence) <= _negations(passage))
 
 
 def normalize(text: str) -> str:
@@ -80,6 +97,17 @@ def squad_tokens(text: str) -> list[str]:
     return _ARTICLES.sub(" ", text).split()
 
 
+def holds_evidence(answer: str, evidence: list[str]) -> float:
+    """1.0 when the answer holds at least half of the content words of some evidence string, else 0.0."""
+    own = set(squad_tokens(answer))
+    best = 0.0
+    for e in evidence:
+        words = set(squad_tokens(e)) - STOPWORDS
+        if words:
+            best = max(best, len(words & own) / len(words))
+    return float(best >= 0.5)
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD-style token F1: lower-case, punctuation and articles removed, bag-of-tokens overlap."""
     pred, ref = squad_tokens(prediction), squad_tokens(reference)
@@ -90,39 +118,6 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
-_LEADING_MARKS = re.compile(r"^\s*((?:\[\d+\]\s*)+)")
-
-
-_TRAILING_MARKS = re.compile(r"((?:\s*\[\d+\])+)\s*$")
-
-
-_MARK = re.compile(r"\[(\d+)\]")
-
-
-def cited_sentences(text: str) -> list[tuple[str, list[int]]]:
-    """Answer sentences (as rag.grounding.sentences splits them) with the citation numbers each carries.
-    A marker right after a sentence's final period belongs to that sentence. When the only markers are one
-    block at the very end of the answer (the chat's post-hoc citation of an unmarked answer), they cite
-    every sentence."""
-    pieces: list[tuple[list[str], list[int]]] = []
-    for piece in SENTENCE_SPLIT.split(text):
-        m = _LEADING_MARKS.match(piece)
-        rest = piece
-        if m and pieces:
-            pieces[-1][1].extend(int(x) for x in _MARK.findall(m.group(1)))
-            rest = piece[m.end():]
-        # rag.grounding.sentences works piece by piece, so each piece yields its own sentence (or none)
-        pieces.append((sentences(piece), [int(x) for x in _MARK.findall(rest)]))
-    out = [(s, marks) for found, marks in pieces for s in found]
-    if [s for s, _ in out] != sentences(text):
-        log.warning("answer sentence split differs from rag.grounding.sentences; update cited_sentences")
-    tail = _TRAILING_MARKS.search(text)
-    if tail and len(_MARK.findall(text)) == len(_MARK.findall(tail.group(1))):
-        marks = [int(x) for x in _MARK.findall(tail.group(1))]
-        out = [(s, marks) for s, _ in out]
-    return out
-
-
 def groundedness(text: str, refused: bool, cited: dict[int, str]) -> tuple[float | None, list[dict]]:
     """Share of answer sentences supported by at least one passage they cite (see SUPPORT_TEST); `cited`
     maps each citation number of the answer to the cited section's text."""
@@ -131,7 +126,7 @@ def groundedness(text: str, refused: bool, cited: dict[int, str]) -> tuple[float
     checks = []
     for sentence, marks in cited_sentences(text):
         valid = [n for n in dict.fromkeys(marks) if n in cited]
-        ok = any(supported(sentence, cited[n]) for n in valid)
+        ok = any(strictly_supported(sentence, cited[n]) for n in valid)
         checks.append({"sentence": sentence, "cites": valid, "supported": ok})
     if not checks:
         return 0.0, checks
@@ -177,6 +172,7 @@ def aggregate(results: list[dict]) -> dict:
         m["answered"] = sum(not r["refused"] for r in ok)
         m["semantic_sim"] = mean(r["semantic_sim"] for r in answerable)
         m["token_f1"] = mean(r["token_f1"] for r in answerable)
+        m["answer_evidence"] = mean(r.get("answer_evidence") for r in answerable)
         m["groundedness"] = mean(r["groundedness"] for r in ok)
         m["citation_precision"] = mean(r["citation_precision"] for r in answerable)
         m["citation_recall"] = mean(r["citation_recall"] for r in answerable)

@@ -21,23 +21,34 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .grounding import CITATION
+from ..embedder import embed
+from ..errors import RagError
+from ..settings import PROJECT_DIR, Settings
+from ..text import CITATION
 from .metrics import (CURVE_K, KINDS, aggregate, citation_scores, groundedness, normalize, retrieval_scores,
-                      token_f1)
-from .models import embed
+                      holds_evidence, token_f1)
 from .report import summary, write_compare, write_run
-from .settings import PROJECT_DIR, Settings
-
-GEN_LIMIT_DEFAULT = 24  # questions per generator row in --compare (RAG_EVAL_GEN_LIMIT overrides)
 
 
-class QuestionFileError(ValueError):
+
+@dataclass(frozen=True)
+class EvalRun:
+    """What `rag eval` was asked to do."""
+    questions: str | Path = "eval/dev.jsonl"
+    out: str | Path = "eval/runs/latest"
+    limit: int | None = None
+    mode: str | None = None  # default: the settings' answer mode
+    compare: bool = False  # fusions, answer modes and a tutorial baseline side by side
+    gen_limit: int = 24  # with compare: questions per generator mode (stratified by kind)
+
+
+class QuestionFileError(RagError):
     """The questions file is malformed (the CLI prints it as one line)."""
 
 
@@ -119,16 +130,11 @@ class Evaluator:
     """Holds the loaded chat (embedder, index, generator) so several rows share one set of models."""
 
     def __init__(self, settings: Settings, chat=None, progress: bool = True):
-        from .answer import Chat
-
-        from .retrieve import Retriever
+        from ..answer import Chat
 
         self.settings = settings
-        self.chat = chat or Chat(settings, retriever=_RecordingRetriever(Retriever(settings)))
-        if not isinstance(self.chat.retriever, _RecordingRetriever):
-            self.chat.retriever = _RecordingRetriever(self.chat.retriever)
-        self.recorder: _RecordingRetriever = self.chat.retriever
-        self.retriever = self.recorder.inner
+        self.chat = chat or Chat(settings)
+        self.retriever = self.chat.retriever
         self.progress = progress
         self._indexed_text: dict[str, str] | None = None
 
@@ -141,19 +147,17 @@ class Evaluator:
         """Every post's indexed chunk text, normalized, keyed by post title: to tell a retrieval miss from
         evidence the chunker lost (e.g. text split off into a heading)."""
         if self._indexed_text is None:
-            from .retrieve import _join_overlapping
+            from ..retrieve import join_overlapping
 
-            index = self.retriever.index
-            chunks = index.chunks(list(range(index.vectors.ntotal)))
             by_post: dict[str, list] = {}
-            for _, c in sorted(chunks.items(), key=lambda kv: (kv[1].post_title, kv[1].position)):
+            for c in self.retriever.index.all_chunks():
                 by_post.setdefault(c.post_title, []).append(c)
             self._indexed_text = {}
             for title, cs in by_post.items():
                 sections: dict[int, list[str]] = {}
                 for c in cs:
                     sections.setdefault(c.section_no, []).append(c.text)
-                self._indexed_text[title] = normalize("\n\n".join(_join_overlapping(t) for t in sections.values()))
+                self._indexed_text[title] = normalize("\n\n".join(join_overlapping(t) for t in sections.values()))
         return self._indexed_text
 
     def evidence_indexed(self, evidence: list[str]) -> float | None:
@@ -162,17 +166,9 @@ class Evaluator:
         texts = self.indexed_text().values()
         return sum(any(normalize(e) in t for t in texts) for e in evidence) / len(evidence)
 
-    def chat_search_call(self, question: str, history) -> tuple[str, dict]:
-        """How the chat would call Retriever.search for this question (query and keyword arguments), found by
-        starting the chat and stopping it at its search call, so no answer is produced."""
-        self.recorder.capture = True
-        try:
-            next(self.chat.stream(question, history, mode="extractive"))
-        except _Captured:
-            return self.recorder.last
-        finally:
-            self.recorder.capture = False
-        raise RuntimeError("the chat answered without calling Retriever.search")
+    def plan(self, q: dict, mode: str = "extractive", fusion: str | None = None):
+        """The chat's own plan for a labeled question (follow-up handling included), or a QuestionError."""
+        return self.chat.plan(q["question"], q.get("history"), mode=mode, fusion=fusion)
 
     def warm_up(self, mode: str) -> float:
         """Load the models before timing anything, so the first question's latency is not a model load."""
@@ -183,18 +179,19 @@ class Evaluator:
         return time.perf_counter() - start
 
     def answer_row(self, questions: list[dict], mode: str, fusion: str | None = None, desc: str = "") -> list[dict]:
-        from .answer import QuestionError
+        from ..conversation import QuestionError
 
         top_k = self.settings.top_k
         results = []
         for q in self._bar(questions, desc or f"answer {mode}"):
-            history = [tuple(t) for t in q.get("history") or []] or None
             r = _base(q)
             r["mode"] = mode
             answer = None
             cpu = time.process_time()
+            start = time.perf_counter()
             try:
-                for answer in self.chat.stream(q["question"], history, mode=mode, fusion=fusion):
+                plan = self.plan(q, mode, fusion)
+                for answer in self.chat.stream_plan(plan, start=start):
                     pass
                 r["cpu_seconds"] = time.process_time() - cpu  # all threads; less sensitive to a busy machine
             except QuestionError as e:
@@ -206,8 +203,7 @@ class Evaluator:
                      retrieved=out["retrieved"], timings={k: float(v) for k, v in answer.timings.items()})
             r["retrieved_ranked"] = [p.text for p in answer.passages]
             if q["evidence"]:
-                query, kw = self.recorder.last  # the chat's own search call, repeated for the top 10
-                ten = self.retriever.search(query, CURVE_K, **kw)
+                ten = self.chat.retrieve(plan, CURVE_K)  # the chat's own search, repeated for the top 10
                 r.update(retrieval_scores([p.text for p in answer.passages], q["evidence"], top_k,
                                           [p.text for p in ten.passages]))
                 r["evidence_indexed"] = self.evidence_indexed(q["evidence"])
@@ -230,11 +226,13 @@ class Evaluator:
             for r, s in zip(todo, (a * b).sum(axis=1).tolist()):
                 r["semantic_sim"] = max(0.0, min(1.0, float(s)))
                 r["token_f1"] = token_f1(r["answer"], r["reference"])
+                r["answer_evidence"] = holds_evidence(r["answer"], r["evidence"])
         for r in results:
             if r not in todo:
                 zero = 0.0 if r["evidence"] and not r.get("error") else None
                 r.setdefault("semantic_sim", zero)
                 r.setdefault("token_f1", zero)
+                r.setdefault("answer_evidence", zero)
 
     def retrieval_row(self, questions: list[dict], fusion: str) -> list[dict]:
         """Retrieval alone with one fusion: the search call the chat would make (follow-up handling included),
@@ -242,11 +240,10 @@ class Evaluator:
         top_k = self.settings.top_k
         results = []
         for q in self._bar(questions, f"retrieve {fusion}"):
-            history = [tuple(t) for t in q.get("history") or []] or None
-            query, kw = self.chat_search_call(q["question"], history)
-            ret = self.retriever.search(query, CURVE_K, **{**kw, "fusion": fusion})
+            plan = self.plan(q, fusion=fusion)
+            ret = self.chat.retrieve(plan, CURVE_K)
             # the "covered" decision as the chat makes it: on its own top_k, not on the top 10
-            decision = self.retriever.search(query, top_k, **{**kw, "fusion": fusion})
+            decision = self.chat.retrieve(plan)
             r = _base(q)
             r.update(query=ret.query, refused=not decision.covered, timings={"retrieve": decision.seconds},
                      context_chars=sum(len(p.text) for p in ret.passages[:top_k]))
@@ -263,7 +260,7 @@ class Evaluator:
         import faiss
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-        from .feed import read_feed
+        from ..feed import read_feed
 
         start = time.perf_counter()
         splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=overlap)
@@ -287,29 +284,6 @@ class Evaluator:
         return results, info
 
 
-class _Captured(Exception):
-    pass
-
-
-class _RecordingRetriever:
-    """Stands in for the chat's retriever and records how the chat calls `search`, so the eval can repeat
-    that exact call with k=10 or another fusion, whatever the chat does to a follow-up question."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.last: tuple[str, dict] | None = None
-        self.capture = False
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def search(self, query, k=None, **kw):
-        self.last = (query, dict(kw))
-        if self.capture:
-            raise _Captured
-        return self.inner.search(query, k, **kw)
-
-
 def _base(q: dict) -> dict:
     return {"id": q["id"], "kind": q["kind"], "question": q["question"], "history": q.get("history"),
             "reference": q["answer"], "post_title": q.get("post_title"), "post_titles": q.get("post_titles"),
@@ -324,7 +298,7 @@ def run_info(settings: Settings, questions_path: str, n: int, mode: str | None) 
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "rag", "eval/questions.jsonl",
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "rag", "eval/dev.jsonl", "eval/test.jsonl",
                                         "eval/questions_holdout.jsonl").splitlines() if len(line) > 3]
     dirty = bool(changed)
     s = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
@@ -343,7 +317,7 @@ def compare_row(name: str, kind: str, results: list[dict], seconds: float, note:
     lat = m.get("latency", {})
     row = {"name": name, "row_kind": kind, "note": note, "seconds": seconds,
            "context_chars": float(np.mean(ctx)) if ctx else None,
-           "retrieve_p50": lat.get("retrieve", {}).get("p50"),
+           "retrieve_p50": lat.get("retrieve", {}).get("p50"), "first_token_p50": lat.get("first_token", {}).get("p50"),
            "total_p50": lat.get("total", {}).get("p50"), "total_p95": lat.get("total", {}).get("p95"), **m}
     if kind == "baseline":  # no refusal decision in the tutorial pipeline
         row.pop("refusal_accuracy", None)
@@ -351,21 +325,19 @@ def compare_row(name: str, kind: str, results: list[dict], seconds: float, note:
     return row
 
 
-def run_eval(args, settings: Settings) -> int:
-    from .answer import MODES
-    from .retrieve import FUSIONS
+def run_eval(run: EvalRun, settings: Settings) -> int:
+    from ..fusion import FUSIONS
+    from ..modes import MODES, get_mode
 
     started = time.perf_counter()
-    questions = load_questions(args.questions, getattr(args, "limit", None))
-    mode = getattr(args, "mode", None) or settings.answer_mode
-    if mode not in MODES:
-        raise ValueError(f"unknown answer mode {mode!r}; choose one of {', '.join(MODES)}")
-    out = Path(getattr(args, "out", None) or "eval/runs/latest")
+    questions = load_questions(run.questions, run.limit)
+    mode = get_mode(run.mode or settings.answer_mode).name
+    out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = run_info(settings, args.questions, len(questions), mode)
+    info = run_info(settings, run.questions, len(questions), mode)
     ev = Evaluator(settings)
 
-    if not getattr(args, "compare", False):
+    if not run.compare:
         info["load_seconds"] = ev.warm_up(mode)
         results = ev.answer_row(questions, mode)
         info["seconds"] = time.perf_counter() - started
@@ -376,17 +348,14 @@ def run_eval(args, settings: Settings) -> int:
         print(f"\n{len(questions)} questions in {info['seconds']:.0f} s; report: {out / 'report.md'}")
         return 0
 
-    gen_limit = getattr(args, "gen_limit", None) or int(os.environ.get("RAG_EVAL_GEN_LIMIT", GEN_LIMIT_DEFAULT))
     rows: list[dict] = []
     info["load_seconds"] = ev.warm_up("extractive")
-    for fusion in FUSIONS:
+    for fusion in FUSIONS.values():
         t = time.perf_counter()
-        res = ev.retrieval_row(questions, fusion)
-        rows.append(compare_row(f"retrieval {fusion}", "retrieval", res, time.perf_counter() - t,
-                                "sections, " + {"convex": "hybrid: convex combination of min-max normalised dense "
-                                                          "cosine and BM25", "rrf": "hybrid: reciprocal rank fusion",
-                                                "dense": "FAISS cosine only", "bm25": "SQLite FTS5 BM25 only"}[fusion]
-                                + (" (the default)" if fusion == settings.fusion else "")))
+        res = ev.retrieval_row(questions, fusion.name)
+        rows.append(compare_row(f"retrieval {fusion.name}", "retrieval", res, time.perf_counter() - t,
+                                f"sections, {fusion.description}"
+                                + (" (the default)" if fusion.name == settings.fusion else "")))
     t = time.perf_counter()
     res, binfo = ev.baseline_row(questions)
     rows.append(compare_row("tutorial baseline", "baseline", res, time.perf_counter() - t,
@@ -396,7 +365,7 @@ def run_eval(args, settings: Settings) -> int:
                             f"an evidence string; index built in {binfo['build_seconds']:.1f} s"))
     primary_results = None
     for m in MODES:
-        subset = questions if m == "extractive" else stratified(questions, gen_limit)
+        subset = stratified(questions, run.gen_limit) if MODES[m].uses_generator else questions
         load = ev.warm_up(m)
         t = time.perf_counter()
         res = ev.answer_row(subset, m, desc=f"answer {m}")

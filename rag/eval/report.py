@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunking import section_title
+from ..chunking import section_title
 from .metrics import CURVE_K, STAGES, SUPPORT_TEST, mean, metrics_by_kind
 
 
@@ -41,7 +41,8 @@ def fmt(v) -> str:
 
 OVERALL_COLUMNS = [("questions", "n"), ("hit@1", "hit@1"), ("hit@3", "hit@3"), ("hit@5", "hit@5"), ("mrr", "MRR"),
                    ("ndcg@10", "nDCG@10"), ("evidence_recall@5", "evid. recall@5"),
-                   ("semantic_sim", "sem. sim"), ("token_f1", "token F1"), ("groundedness", "grounded"),
+                   ("semantic_sim", "sem. sim"), ("token_f1", "token F1"), ("answer_evidence", "holds evid."),
+                   ("groundedness", "grounded"),
                    ("citation_precision", "cit. P"), ("citation_recall", "cit. R"),
                    ("refusal_accuracy", "refusal acc"), ("false_refusal_rate", "false refusal")]
 
@@ -286,10 +287,10 @@ def write_run(out: Path, info: dict, results: list[dict]) -> dict:
 
 COMPARE_COLUMNS = [("questions", "n"), ("hit@1", "hit@1"), ("hit@3", "hit@3"), ("hit@5", "hit@5"), ("mrr", "MRR"),
                    ("ndcg@10", "nDCG@10"), ("evidence_recall@5", "evid. R@5"), ("context_chars", "ctx chars@5"),
-                   ("semantic_sim", "sem. sim"), ("token_f1", "F1"), ("groundedness", "grounded"),
-                   ("citation_precision", "cit. P"), ("citation_recall", "cit. R"),
+                   ("semantic_sim", "sem. sim"), ("token_f1", "F1"), ("answer_evidence", "holds evid."),
+                   ("groundedness", "grounded"), ("citation_precision", "cit. P"), ("citation_recall", "cit. R"),
                    ("refusal_accuracy", "refusal acc"), ("false_refusal_rate", "false refusal"),
-                   ("retrieve_p50", "retrieve p50 s"), ("total_p50", "total p50 s"), ("total_p95", "total p95 s"),
+                   ("first_token_p50", "1st token p50 s"), ("retrieve_p50", "retrieve p50 s"), ("total_p50", "total p50 s"), ("total_p95", "total p95 s"),
                    ("seconds", "row time s")]
 
 
@@ -314,7 +315,8 @@ def plot_compare(out: Path, rows: list[dict]) -> None:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [1.2, 1]})
     ret_cols = [("hit@1", "hit@1"), ("hit@3", "hit@3"), ("hit@5", "hit@5"), ("mrr", "MRR"), ("ndcg@10", "nDCG@10")]
-    ans_cols = [("semantic_sim", "sem. sim"), ("token_f1", "token F1"), ("groundedness", "grounded"),
+    ans_cols = [("semantic_sim", "sem. sim"), ("token_f1", "token F1"), ("answer_evidence", "holds evid."),
+                ("groundedness", "grounded"),
                 ("citation_precision", "cit. P"), ("citation_recall", "cit. R"), ("refusal_accuracy", "refusal acc"),
                 ("false_refusal_rate", "false refusal")]
     for ax, cols, which, title in ((a1, ret_cols, lambda r: r["row_kind"] != "answer", "Retrieval"),
@@ -337,7 +339,8 @@ def plot_compare(out: Path, rows: list[dict]) -> None:
 
 
 SUMMARY = [("hit@1", "hit@1"), ("hit@5", "hit@5"), ("mrr", "MRR"), ("ndcg@10", "nDCG@10"),
-           ("semantic_sim", "sim"), ("token_f1", "F1"), ("groundedness", "grounded"), ("citation_precision", "citP"),
+           ("semantic_sim", "sim"), ("token_f1", "F1"), ("answer_evidence", "evid"), ("groundedness", "grounded"),
+           ("citation_precision", "citP"),
            ("citation_recall", "citR"), ("refusal_accuracy", "refusal"), ("false_refusal_rate", "falseRef")]
 
 

@@ -1,0 +1,82 @@
+"""What the user typed: a question checked and bounded, earlier turns validated, and the decision whether a
+question is a follow-up of the previous one. Shared by the CLI, the app and the eval; no heavy imports."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import RagError
+from .text import content_words
+
+FOLLOWUP_START = re.compile(r"^(and|or|but|also|what about|how about|what if|then|so|same for|and for|and what|"
+                            r"and how|and why|why|how come)\b", re.I)
+PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
+MAX_K = 20  # sections a question may ask for: more only slows the answer and floods the Sources panel
+
+
+class QuestionError(RagError):
+    """The question (or its history, or k) cannot be answered as given; the message says why."""
+
+
+def clean(text: str) -> str:
+    """One line of text; lone surrogates (undecodable bytes in argv, "\\ud800" in JSON) would crash tokenizers."""
+    return " ".join((text or "").encode("utf-8", "ignore").decode("utf-8").split())
+
+
+def check_question(question: str, max_chars: int) -> str:
+    if not isinstance(question, str):
+        raise QuestionError("The question must be text.")
+    text = clean(question)
+    if not text:
+        raise QuestionError("Please type a question.")
+    if len(text) > max_chars:
+        raise QuestionError(f"The question is {len(text):,} characters long; please keep it under {max_chars:,}.")
+    return text
+
+
+def check_history(history, max_chars: int, where: str = "history") -> list[tuple[str, str]]:
+    """Earlier turns as a list of (question, answer) pairs of strings. Each earlier question obeys the same
+    length limit as a new one; answers are clipped (only their start matters for a follow-up)."""
+    if history is None:
+        return []
+    if not isinstance(history, (list, tuple)) or not all(
+            isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in history):
+        raise QuestionError(f"{where} must be a JSON list of [question, answer] pairs of strings")
+    turns = []
+    for n, (q, a) in enumerate(history, 1):
+        q = clean(q)
+        if len(q) > max_chars:
+            raise QuestionError(f"{where}: turn {n}'s question is {len(q):,} characters long; "
+                                f"the limit is {max_chars:,}")
+        turns.append((q, clean(a)[: 4 * max_chars]))
+    return turns
+
+
+def check_k(k, default: int) -> int:
+    if k in (None, 0):
+        return default
+    if isinstance(k, float) and k.is_integer():  # a JSON or Gradio number
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise QuestionError(f"k (sections to retrieve) must be a whole number from 1 to {MAX_K}, not {k!r}")
+    return k
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    previous: str  # the earlier question this one may depend on
+    explicit: bool  # it starts like a follow-up ("and for DBSCAN?", "what about ..."): always joined to it
+
+
+def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
+    """Whether a question may depend on the previous turn. A question that starts like a follow-up does; one
+    with a pronoun or three content words or fewer may ("how do I pick k for k-means?" is short but complete):
+    the chat searches it alone first and joins it to the previous question only if alone it is not covered."""
+    if not history:
+        return None
+    if FOLLOWUP_START.match(question.strip()):
+        return FollowUp(history[-1][0], True)
+    if PRONOUNS.search(question) or len(content_words(question)) <= 3:
+        return FollowUp(history[-1][0], False)
+    return None

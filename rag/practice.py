@@ -1,0 +1,678 @@
+"""Practice mode: ask one of the posts' interview questions, grade the user's answer against the post's
+answer, and ask again later what they keep missing (Leitner boxes).
+
+    questions   every section whose heading is an interview question ("Q3: What is Out-of-Bag (OOB)
+                error?") is one question and its text (with its sub-sections) the reference answer; other
+                content sections get one ("Explain Business Objective (Start by Clarifying the Problem).")
+    key points  the sentences of the reference that carry its content (no headings, lead-ins, code or
+                examples), at most MAX_KEY_POINTS, chosen deterministically and cached per index generation
+    grading     each key point against the answer: MiniLM cosine with the answer's sentences and the
+                share of the point's own terms (not the question's) the answer uses; a score 0-100 from
+                the weighted coverage; an optional judge (e.g. a small LLM) can be blended in
+    progress    rag/progress.py (SQLite): attempts, and the Leitner card of each question
+
+Public API (the CLI and the app's Practice tab use only this):
+
+    p = Practice(settings)              # or Practice(settings, db_path=..., index=LiveIndex(...))
+    q = p.next_question(post=None)      # -> PracticeQuestion (due / failed first, then new ones)
+    g = p.grade(q.id, "my answer")      # -> Grade (score, covered, missed, reference, citations)
+    p.stats()                           # -> list[PostStats]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .chunking import Chunk, anchor, section_title
+from .embedder import embed, load_embedder
+from .errors import RagError
+from .index import Index, LiveIndex
+from .progress import Attempt, Card, ProgressStore
+try:
+    from .retrieve import join_overlapping
+except ImportError:  # the name before retrieve.py made it public
+    from .retrieve import _join_overlapping as join_overlapping
+from .settings import Settings
+from .text import content_words, stems
+
+__all__ = ["Practice", "PracticeQuestion", "KeyPoint", "Grade", "Attempt", "PostStats", "PracticeError",
+           "GradingWeights", "Section", "build_questions", "index_sections", "select_key_points", "score_answer", "measure", "combine", "Evidence"]
+
+# ---------------------------------------------------------------------------------------------- limits
+
+PASS_SCORE = 60  # a grade at or above this moves the question up one Leitner box
+MAX_ANSWER_CHARS = 5000  # ~800 words: longer is not an interview answer, and embedding it would take long
+MAX_ANSWER_UNITS = 48  # sentences and sentence pairs of an answer that are embedded (bounded time)
+MAX_KEY_POINTS = 6
+MIN_QUESTION_WORDS = 20  # a section shorter than this has too little to grade against
+MAX_QUESTION_WORDS = 600  # a question whose sub-sections are longer is asked one sub-section at a time,
+MAX_SUBSECTIONS = 8  # and so is one with more sub-sections than this (parallel entries, one per algorithm)
+KEY_POINT_VERSION = 1  # bump when select_key_points changes: cached key points of older code are ignored
+
+# Leitner boxes: a failed question goes back to box 1 and returns within the session; each pass moves it
+# up one box and further out. Box 4 and 5 count as mastered.
+BOX_INTERVALS = {1: 10 * 60, 2: 86400, 3: 3 * 86400, 4: 7 * 86400, 5: 21 * 86400}
+BOXES = max(BOX_INTERVALS)
+MASTERED_BOX = 4
+
+
+class PracticeError(RagError):
+    """Bad practice input (empty or oversized answer, unknown question or post); nothing was recorded."""
+
+
+def split_sentences(text: str) -> list[str]:
+    """The one place practice mode splits sentences (rag.text is being reorganised: repoint it here)."""
+    from .text import sentences
+
+    return sentences(text)
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Part:
+    """One stretch of a reference answer: a section's text, or a sub-section's."""
+    section: str  # heading path
+    url: str  # link to the post with that heading's anchor
+    text: str
+
+
+@dataclass(frozen=True)
+class PracticeQuestion:
+    id: str  # stable across index rebuilds: a hash of the post guid and the heading path
+    question: str
+    post_guid: str
+    post_title: str
+    section: str  # heading path of the question's section
+    url: str
+    parts: tuple[Part, ...] = field(repr=False, default=())
+
+    @property
+    def reference(self) -> str:
+        """The post's answer: the section's own text, then its sub-sections with their headings."""
+        out = []
+        for p in self.parts:
+            if p.section != self.section:
+                out.append(f"**{p.section.split(' > ')[-1]}**")
+            out.append(p.text)
+        return "\n\n".join(out)
+
+    @property
+    def heading(self) -> str:
+        return section_title(self.section)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "question": self.question, "post_title": self.post_title,
+                "section": self.section, "url": self.url, "post_guid": self.post_guid}
+
+
+@dataclass(frozen=True)
+class KeyPoint:
+    n: int  # 1-based, in reading order: the citation number
+    text: str  # a sentence of the post, verbatim
+    section: str
+    url: str
+    weight: float = 1.0
+
+
+@dataclass
+class Grade:
+    question: PracticeQuestion
+    answer: str
+    score: int  # 0-100
+    passed: bool
+    points: list[KeyPoint]
+    coverage: list[float]  # per key point, 0..1: how much of it the answer states
+    note: str | None = None  # why a score was capped ("your answer repeats the question")
+    recorded: bool = False
+    box: int | None = None  # the question's Leitner box after this attempt
+    due_at: float | None = None
+
+    @property
+    def covered(self) -> list[KeyPoint]:
+        return [p for p, c in zip(self.points, self.coverage) if c >= 0.5]
+
+    @property
+    def missed(self) -> list[KeyPoint]:
+        return [p for p, c in zip(self.points, self.coverage) if c < 0.5]
+
+    @property
+    def reference(self) -> str:
+        return self.question.reference
+
+    def citations(self) -> list[dict]:
+        return [{"n": p.n, "post_title": self.question.post_title, "url": p.url, "section": p.section,
+                 "text": p.text} for p in self.points]
+
+    def to_json(self) -> dict:
+        return {"id": self.question.id, "question": self.question.question, "score": self.score,
+                "passed": self.passed, "covered": [p.text for p in self.covered],
+                "missed": [p.text for p in self.missed], "reference": self.reference,
+                "citations": self.citations(),
+                "points": [{"n": p.n, "text": p.text, "coverage": round(c, 3), "covered": c >= 0.5}
+                           for p, c in zip(self.points, self.coverage)],
+                "note": self.note, "recorded": self.recorded, "box": self.box,
+                "due": _iso(self.due_at) if self.due_at else None,
+                "post_title": self.question.post_title, "url": self.question.url}
+
+
+@dataclass(frozen=True)
+class PostStats:
+    post_guid: str
+    post_title: str
+    questions: int
+    attempted: int
+    mastered: int  # in box MASTERED_BOX or higher
+    due: int  # attempted and due now
+    attempts: int
+    mean_score: float | None  # mean of each attempted question's last score
+    last_practiced: str | None
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+# ---------------------------------------------------------------------------------------------- questions
+
+_Q_PREFIX = re.compile(r"^\s*(?:Q\s?\d+|\d+)\s*[.:)]\s*", re.I)
+_IMPERATIVE = re.compile(r"(?:^|,\s*)(?:compare|explain|derive|describe|implement|write|design|discuss|"
+                         r"define|contrast|list|walk)\b", re.I)
+_INTERROGATIVE = re.compile(r"^(?:what|why|how|when|which|where|who|can|could|does|do|is|are|should|would|"
+                            r"will)\b", re.I)
+_NOT_CONTENT = {"introduction", "conclusion", "summary", "final thoughts", "thanks for reading", "references",
+                "further reading", "key takeaways", "takeaways", "wrap up", "wrapping up"}
+
+
+def is_question_heading(heading: str) -> bool:
+    """Interview-question headings: "Q3: What is ...?", "Why does AdamW exist?", "Derive the gradient ..."."""
+    h = heading.strip()
+    return h.endswith("?") or bool(re.match(r"^\s*Q\s?\d+\b", h)) or bool(_IMPERATIVE.search(_Q_PREFIX.sub("", h)))
+
+
+def _norm(heading: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", heading.lower().replace("*", "")).strip()
+
+
+_ASKED = re.compile(r"^\W*question\W*:?\**\s*(.+\?)", re.I)  # "**Question:** Which optimizer would you choose?"
+
+
+def question_text(path: Sequence[str], post_title: str, text: str = "") -> str:
+    """What the bot asks for the section at `path` (a question section, or one sub-section of one)."""
+    q = _deepest_question(path)
+    topic = post_title.split(":")[0].strip()
+    if q is None:  # a content section without a question heading gets one
+        leaf = path[-1].strip().rstrip(".:")
+        asked = _ASKED.match(text.strip().splitlines()[0]) if text.strip() else None
+        if leaf.lower().startswith("case:"):
+            leaf = leaf[5:].strip()
+            return f"{leaf}: {asked.group(1).strip()}" if asked else f"{leaf}: what is going on, and what would you do?"
+        if asked:
+            return f"{leaf}: {asked.group(1).strip()}"
+        return f"Explain {leaf} ({path[-2].strip() if len(path) > 1 else topic})."
+    asked = _Q_PREFIX.sub("", path[q]).strip()
+    if _INTERROGATIVE.match(asked) and not asked.endswith("?"):
+        asked = asked.rstrip(".:") + "?"  # "Q16. What is the time complexity of common clustering algorithms"
+    elif not (asked.endswith("?") or _IMPERATIVE.search(asked)):
+        asked = f"Explain {asked.rstrip('.:')}."
+    if len(path) - 1 > q:  # one sub-section of a long question
+        asked = f"{asked} — {path[-1].strip().rstrip('.:')}"
+    return asked
+
+
+def question_id(post_guid: str, section: str) -> str:
+    """Stable across rebuilds of the same feed (chunk row ids are not): post guid + heading path."""
+    return hashlib.sha1(f"{post_guid}\n{section}".encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a post as the chunker parses it: heading path and its own text."""
+    post_guid: str
+    post_title: str
+    post_url: str
+    path: tuple[str, ...]
+    text: str
+
+    @property
+    def url(self) -> str:
+        """The chunker's link for the section (rag.chunking.Chunker.chunk), so citations match the chat's."""
+        return self.post_url if self.path == (self.post_title,) else f"{self.post_url}#{anchor(self.path[-1])}"
+
+
+def _deepest_question(path: Sequence[str]) -> int | None:
+    return next((i for i in range(len(path) - 1, -1, -1) if is_question_heading(path[i])), None)
+
+
+def build_questions(sections: list[Section]) -> list[PracticeQuestion]:
+    """Every practice question, in post and reading order. A section belongs to the deepest question
+    heading on its path (sub-sections are parts of that question's answer); a content section under no
+    question heading is a question of its own; a question too long to answer in one go (or a list of
+    many parallel sub-sections: "Q2. How does the algorithm handle missing data?" for each of twelve
+    algorithms) is asked one sub-section at a time."""
+    out: list[PracticeQuestion] = []
+    units: dict[tuple[str, tuple[str, ...]], list[Section]] = {}
+    parents = {(s.post_guid, s.path[:i]) for s in sections for i in range(1, len(s.path))}
+    for s in sections:
+        q = _deepest_question(s.path)
+        if q is None and (_norm(s.path[-1]) in _NOT_CONTENT or s.path[-1] == s.post_title
+                          or (s.post_guid, s.path) in parents):
+            continue  # introductions, conclusions and the lead-in of a part with sub-sections answer nothing
+        units.setdefault((s.post_guid, s.path if q is None else s.path[: q + 1]), []).append(s)
+    for (_, path), members in units.items():
+        words = sum(len(m.text.split()) for m in members)
+        if len(members) > 1 and (words > MAX_QUESTION_WORDS or len(members) > MAX_SUBSECTIONS):
+            groups: dict[tuple[str, ...], list[Section]] = {}
+            for m in members:
+                groups.setdefault(m.path, []).append(m)
+            out += [q for sub, g in groups.items() if (q := _question(sub, g))]
+        elif q := _question(path, members):
+            out.append(q)
+    return out
+
+
+def _question(path: tuple[str, ...], members: list[Section]) -> PracticeQuestion | None:
+    if sum(len(m.text.split()) for m in members) < MIN_QUESTION_WORDS:
+        return None
+    first = members[0]
+    section = " > ".join(path)
+    parts = tuple(Part(" > ".join(m.path), m.url, m.text) for m in members)
+    url = first.post_url if path == (first.post_title,) else f"{first.post_url}#{anchor(path[-1])}"
+    q = PracticeQuestion(question_id(first.post_guid, section), question_text(path, first.post_title, first.text),
+                         first.post_guid, first.post_title, section, url, parts)
+    return q if len(_candidates(q)) >= 2 else None
+
+
+# ---------------------------------------------------------------------------------------------- key points
+
+_CODE = re.compile(r"```.*?(?:```|$)", re.S)
+_FORMULA = re.compile(r"\$\$.*?\$\$|\$[^$]+\$", re.S)
+_EXAMPLE = re.compile(r"^(?:for example|for instance|e\.g\.|example|imagine|suppose|consider|say you|"
+                      r"let'?s say)\b", re.I)
+_MARKUP = re.compile(r"\*\*|__|`")
+
+
+def plain(text: str) -> str:
+    """A sentence without Markdown emphasis, as it is embedded and shown in a terminal."""
+    return _MARKUP.sub("", text).replace("*", "").strip()
+
+
+def _candidates(q: PracticeQuestion) -> list[tuple[Part, str]]:
+    """Sentences of the reference that can be key points: not headings (the chunker leaves merged-in ones
+    as plain lines), not lead-ins ending in ':', not code, not formula-only, not examples unless every
+    sentence is one."""
+    headings = {_norm(h) for p in q.parts for h in p.section.split(" > ")} | {_norm(q.post_title)}
+    out, examples = [], []
+    for part in q.parts:
+        for s in split_sentences(_CODE.sub("", part.text)):
+            words = re.findall(r"[^\W\d_]{2,}", _FORMULA.sub(" ", plain(s)))  # words, not symbols or formulas
+            if (_norm(s) in headings or len(words) < 3 or s.rstrip().endswith(":")
+                    or _ASKED.match(s)):
+                continue
+            (examples if _EXAMPLE.match(plain(s)) else out).append((part, s))
+    unique: dict[str, tuple[Part, str]] = {}
+    for part, s in out or examples:
+        unique.setdefault(_norm(s), (part, s))
+    return list(unique.values())
+
+
+def select_key_points(q: PracticeQuestion, model) -> list[KeyPoint]:
+    """The sentences that carry the answer's content, in reading order, at most MAX_KEY_POINTS.
+
+    When there are more candidates, the ones closest to the question and to the section's centroid are
+    kept: the answer's core rather than its asides. Deterministic for the same text and embedder."""
+    cands = _candidates(q)
+    if len(cands) > MAX_KEY_POINTS:
+        vecs = embed(model, [q.question] + [plain(s) for _, s in cands])
+        centroid = vecs[1:].mean(axis=0)
+        centroid /= np.linalg.norm(centroid) or 1.0
+        salience = vecs[1:] @ vecs[0] + vecs[1:] @ centroid
+        keep = sorted(np.argsort(-salience, kind="stable")[:MAX_KEY_POINTS].tolist())
+        cands = [cands[i] for i in keep]
+    return [KeyPoint(n, s, part.section, part.url) for n, (part, s) in enumerate(cands, 1)]
+
+
+# ---------------------------------------------------------------------------------------------- grading
+
+
+@dataclass(frozen=True)
+class GradingWeights:
+    """How coverage of a key point is measured and turned into a score; tuned on the dev split only
+    (rag/eval/grading.py, docs/practice.md)."""
+    dense: float = 0.7  # weight of embedding similarity against term overlap
+    low: float = 0.35  # combined similarity at which a key point starts to count ...
+    high: float = 0.65  # ... and at which it counts fully
+    target: float = 0.7  # mean coverage of the key points that earns 100: nobody says every sentence
+    judge: float = 0.5  # weight of the judge's per-point verdicts, when a judge is given
+
+
+# A judge (e.g. the 0.5B LLM's yes/no logits) says, per key point, how far the answer states it (0..1),
+# or returns None to abstain. Nothing here depends on one existing.
+Judge = Callable[[str, list[str], str], "list[float] | None"]
+
+_DONT_KNOW = re.compile(r"^\W*(?:i\s+(?:really\s+)?(?:do\s*n[o']?t|dunno|have\s+no)\s*(?:know|idea|clue)?|"
+                        r"no\s+idea|not\s+sure|idk|pass|skip|no\s+clue|\?+)\W*$", re.I)
+
+
+def answer_units(answer: str) -> list[str]:
+    """What of an answer is compared with key points: its sentences and pairs of neighbouring sentences
+    (a point is often spread over two), plus the whole answer while it is short; bounded in number."""
+    sents = [plain(s) for s in split_sentences(answer)] or [plain(answer)]
+    units = sents + [f"{a} {b}" for a, b in zip(sents, sents[1:])]
+    if len(sents) > 2 and len(answer) < 1200:
+        units.append(plain(answer))
+    return units[:MAX_ANSWER_UNITS]
+
+
+def validate_answer(answer: str) -> str:
+    """The answer as graded, or a PracticeError that says what is wrong (nothing is recorded then)."""
+    if answer is None or not answer.strip():
+        raise PracticeError("the answer is empty: type what you would say in the interview")
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise PracticeError(f"the answer is {len(answer):,} characters long; keep it under "
+                            f"{MAX_ANSWER_CHARS:,} (about 800 words), as you would in an interview")
+    if not re.search(r"[^\W\d_]", answer):
+        raise PracticeError("the answer has no words in it")
+    return answer.strip()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What an answer shows of each key point, before weights turn it into a score (so the eval can
+    sweep weights without embedding again)."""
+    dense: np.ndarray  # per key point: best cosine with one of the answer's units
+    terms: np.ndarray  # per key point: share of its own terms (not the question's) that the answer uses
+    empty: bool = False  # "I don't know", or no content words at all
+    echo: bool = False  # the question pasted back, or little more
+
+
+def measure(question: str, point_texts: list[str], point_vectors: np.ndarray, answer: str, model) -> Evidence:
+    """Compare an already validated answer with each key point."""
+    n = len(point_texts)
+    answer_stems, question_stems = stems(answer), stems(question)
+    if _DONT_KNOW.match(answer) or not content_words(answer):
+        return Evidence(np.zeros(n), np.zeros(n), empty=True)
+    # The question pasted back (or little more) states nothing: its terms are free for the asking.
+    new_terms = answer_stems - question_stems
+    echo = len(new_terms) <= 2 or len(new_terms) <= 0.2 * len(answer_stems)
+    vecs = embed(model, answer_units(answer))
+    dense = (point_vectors @ vecs.T).max(axis=1) if n else np.zeros(0)
+    terms = []
+    for text in point_texts:
+        own = stems(text) - question_stems or stems(text)
+        terms.append(len(own & answer_stems) / len(own) if own else 0.0)
+    return Evidence(dense.astype("float64"), np.array(terms), echo=echo)
+
+
+def combine(evidence: Evidence, weights: GradingWeights = GradingWeights(),
+            verdicts: Sequence[float] | None = None, point_weights: Sequence[float] | None = None
+            ) -> tuple[int, list[float], str | None]:
+    """(score 0-100, coverage of each key point 0..1, note) from the evidence."""
+    n = len(evidence.dense)
+    if evidence.empty:
+        return 0, [0.0] * n, "no answer to grade: here is what the post says"
+    c = weights.dense * evidence.dense + (1 - weights.dense) * evidence.terms
+    coverage = np.clip((c - weights.low) / (weights.high - weights.low), 0.0, 1.0)
+    if verdicts is not None and len(verdicts) == n:
+        coverage = (1 - weights.judge) * coverage + weights.judge * np.clip(np.asarray(verdicts, float), 0, 1)
+    w = np.asarray(point_weights if point_weights is not None else np.ones(n), float)
+    mean = float((w * coverage).sum() / w.sum()) if n and w.sum() else 0.0
+    score = int(round(100 * min(1.0, mean / weights.target)))
+    if evidence.echo:
+        return min(score, 10), np.minimum(coverage, 0.49).tolist(), "your answer repeats the question: say what you know"
+    return score, coverage.tolist(), None
+
+
+def score_answer(question: str, points: list[KeyPoint], point_vectors: np.ndarray, answer: str, model,
+                 weights: GradingWeights = GradingWeights(), judge: Judge | None = None
+                 ) -> tuple[int, list[float], str | None]:
+    """(score 0-100, coverage of each key point 0..1, note) for an already validated answer."""
+    evidence = measure(question, [p.text for p in points], point_vectors, answer, model)
+    verdicts = judge(question, [p.text for p in points], answer) if judge and not evidence.empty else None
+    return combine(evidence, weights, verdicts, [p.weight for p in points])
+
+
+# ---------------------------------------------------------------------------------------------- the session
+
+
+class Practice:
+    """Questions from the index, grading with the packaged embedder, progress in SQLite. Thread-safe enough
+    for the app: the index is read-only and the store opens a connection per call."""
+
+    def __init__(self, settings: Settings, db_path: str | Path | None = None,
+                 index: Index | LiveIndex | None = None, judge: Judge | None = None,
+                 weights: GradingWeights | None = None, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.live = index if index is not None else LiveIndex(settings)
+        path = db_path or getattr(settings, "practice_db", None) or settings.index_dir / "practice.sqlite"
+        self.store = ProgressStore(path)
+        self.judge, self.weights, self.clock = judge, weights or GradingWeights(), clock
+        self._model = None
+        self._questions: tuple[str, list[PracticeQuestion]] | None = None
+        self._points: dict[tuple[str, str], tuple[list[KeyPoint], np.ndarray]] = {}
+
+    # -- index and model
+
+    @property
+    def index(self) -> Index:
+        return self.live.get() if isinstance(self.live, LiveIndex) else self.live
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_embedder(self.settings.embedder, self.settings.device)
+        return self._model
+
+    def questions(self) -> list[PracticeQuestion]:
+        """All questions of the generation being served (rebuilt when `rag index` switches it)."""
+        index = self.index
+        if self._questions is None or self._questions[0] != index.generation:
+            self._questions = (index.generation, build_questions(index_sections(index)))
+            self._points.clear()
+        return self._questions[1]
+
+    def question(self, question_id: str) -> PracticeQuestion:
+        q = next((q for q in self.questions() if q.id == str(question_id).strip()), None)
+        if q is None:
+            raise PracticeError(f"unknown question id {question_id!r}: get one from `rag practice --json`")
+        return q
+
+    def key_points(self, q: PracticeQuestion) -> list[KeyPoint]:
+        return self._key_points(q)[0]
+
+    def _key_points(self, q: PracticeQuestion) -> tuple[list[KeyPoint], np.ndarray]:
+        generation = self.index.generation
+        if (generation, q.id) not in self._points:
+            cached = self.store.key_points(generation, q.id, KEY_POINT_VERSION)
+            if cached is not None:
+                points = [KeyPoint(**p) for p in cached]
+            else:
+                points = select_key_points(q, self.model)
+                self.store.save_key_points(generation, q.id, KEY_POINT_VERSION, [asdict(p) for p in points])
+            vectors = embed(self.model, [plain(p.text) for p in points])
+            self._points[generation, q.id] = (points, vectors)
+        return self._points[generation, q.id]
+
+    # -- picking
+
+    def posts(self) -> list[tuple[str, str]]:
+        """(guid, title) of the posts that have practice questions, in index order."""
+        return list(dict.fromkeys((q.post_guid, q.post_title) for q in self.questions()))
+
+    def find_post(self, post: str) -> str:
+        """A post guid from a guid or a case-insensitive title substring."""
+        posts = self.posts()
+        if any(g == post for g, _ in posts):
+            return post
+        hits = [(g, t) for g, t in posts if post.lower().strip() in t.lower()] if post.strip() else []
+        if len(hits) == 1:
+            return hits[0][0]
+        titles = "; ".join(t for _, t in (hits or posts))
+        raise PracticeError(f"{'several' if hits else 'no'} posts match {post!r}: {titles}")
+
+    def next_question(self, post: str | None = None, exclude: Sequence[str] = ()) -> PracticeQuestion:
+        """What the user needs most: due questions they failed or barely know first (lowest box, then the
+        longest overdue), then questions never asked (one per post in turn), then the next to come due."""
+        guid = self.find_post(post) if post else None
+        pool = [q for q in self.questions() if guid is None or q.post_guid == guid]
+        if not pool:
+            raise PracticeError("the index has no practice questions")
+        candidates = [q for q in pool if q.id not in set(exclude)] or pool
+        cards, now = self.store.cards(), self.clock()
+        due = sorted((q for q in candidates if q.id in cards and cards[q.id].due_at <= now),
+                     key=lambda q: (cards[q.id].box, cards[q.id].due_at, cards[q.id].last_score))
+        if due:
+            return due[0]
+        new = [q for q in candidates if q.id not in cards]
+        if new:
+            turn, taken = {}, {}  # the k-th new question of each post gets turn k: posts take turns
+            for q in new:
+                turn[q.id] = taken.get(q.post_guid, 0)
+                taken[q.post_guid] = turn[q.id] + 1
+            posts = list(taken)
+            return min(new, key=lambda q: (turn[q.id], posts.index(q.post_guid)))
+        return min(candidates, key=lambda q: (cards[q.id].due_at, cards[q.id].box))
+
+    # -- grading
+
+    def evidence(self, question_id: str, answer: str) -> tuple[PracticeQuestion, list[KeyPoint], Evidence]:
+        """The question, its key points and what the answer shows of each (validates the answer)."""
+        q = self.question(question_id)
+        answer = validate_answer(answer)
+        points, vectors = self._key_points(q)
+        return q, points, measure(q.question, [p.text for p in points], vectors, answer, self.model)
+
+    def grade(self, question_id: str, answer: str, record: bool = True) -> Grade:
+        """Grade an answer; with `record`, store the attempt and move the question between Leitner boxes.
+        Bad input raises PracticeError before anything is written."""
+        q, points, evidence = self.evidence(question_id, answer)
+        answer = answer.strip()
+        verdicts = self.judge(q.question, [p.text for p in points], answer) if self.judge and not evidence.empty else None
+        score, coverage, note = combine(evidence, self.weights, verdicts, [p.weight for p in points])
+        grade = Grade(q, answer, score, score >= PASS_SCORE, points, coverage, note)
+        if record:
+            now = self.clock()
+            card = self.store.card(q.id)
+            box = min((card.box if card else 1) + 1, BOXES) if grade.passed else 1
+            due_at = now + BOX_INTERVALS[box]
+            self.store.record(Attempt(q.id, q.post_guid, now, score, grade.passed, answer), box, due_at)
+            grade.recorded, grade.box, grade.due_at = True, box, due_at
+        return grade
+
+    # -- progress
+
+    def stats(self) -> list[PostStats]:
+        cards, now = self.store.cards(), self.clock()
+        out = []
+        for guid, title in self.posts():
+            mine = [cards[q.id] for q in self.questions() if q.post_guid == guid and q.id in cards]
+            total = sum(1 for q in self.questions() if q.post_guid == guid)
+            out.append(PostStats(
+                guid, title, total, len(mine), sum(c.box >= MASTERED_BOX for c in mine),
+                sum(c.due_at <= now for c in mine), sum(c.attempts for c in mine),
+                round(sum(c.last_score for c in mine) / len(mine), 1) if mine else None,
+                _iso(max(c.last_at for c in mine)) if mine else None))
+        return out
+
+
+def index_sections(index: Index) -> list[Section]:
+    """Every section of the served posts, in post and reading order: the one read practice mode makes of
+    the index. Sections come from each post's stored Markdown, parsed as the chunker parses it, so that a
+    question's reference is exactly its section (the chunker merges short sections into neighbouring
+    chunks, which would mix one question's answer into another's); when the Markdown cannot be read, from
+    the chunks."""
+    from .chunking import sections as parse_sections
+    from .index import read_posts
+
+    try:
+        markdown = {p.guid: p.markdown for p in read_posts(index.path.parent)}
+    except RagError:
+        markdown = {}
+    out: list[Section] = []
+    chunks: dict[str, list[Chunk]] | None = None
+    for post in index.posts():
+        if post.guid in markdown:
+            for path, body in parse_sections(markdown[post.guid]):
+                if body.strip():
+                    out.append(Section(post.guid, post.title, post.url, tuple(path or [post.title]), body.strip()))
+            continue
+        if chunks is None:
+            chunks = {}
+            for c in index.all_chunks():
+                chunks.setdefault(c.post_guid, []).append(c)
+        by_section: dict[int, list[Chunk]] = {}
+        for c in sorted(chunks.get(post.guid, []), key=lambda c: c.position):
+            by_section.setdefault(c.section_no, []).append(c)
+        for members in by_section.values():
+            text = join_overlapping([c.text for c in members])
+            out.append(Section(post.guid, post.title, post.url, tuple(members[0].section.split(" > ")), text))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- terminal
+
+
+def format_question(q: PracticeQuestion) -> str:
+    return f"\n{q.question}\n  ({q.post_title} — {q.heading})\n  {q.url}"
+
+
+def format_grade(g: Grade) -> str:
+    lines = [f"\nScore {g.score}/100 — {'pass' if g.passed else 'not yet'}" + (f" ({g.note})" if g.note else "")]
+    for title, points in (("You covered", g.covered), ("You missed", g.missed)):
+        if points:
+            lines.append(f"{title}:")
+            lines += [f"  [{p.n}] {plain(p.text)}" for p in points]
+    lines.append("The post's answer:")
+    lines += ["  " + line if line.strip() else "" for line in plain(g.reference).splitlines()]
+    lines.append(f"Sources ({g.question.post_title}):")
+    by_url: dict[str, list[int]] = {}
+    for p in g.points:
+        by_url.setdefault(p.url, []).append(p.n)
+    lines += [f"  {''.join(f'[{n}]' for n in ns)} {url}" for url, ns in by_url.items()] or [f"  {g.question.url}"]
+    if g.recorded and g.due_at:
+        lines.append(f"  (box {g.box} of {BOXES}; asked again from {_iso(g.due_at)})")
+    return "\n".join(lines)
+
+
+def format_stats(stats: list[PostStats]) -> str:
+    head = f"{'post':<52} {'questions':>9} {'tried':>5} {'mastered':>8} {'due':>4} {'attempts':>8} {'mean':>5}  last"
+    rows = [head]
+    for s in stats:
+        mean = f"{s.mean_score:.0f}" if s.mean_score is not None else "-"
+        rows.append(f"{s.post_title[:52]:<52} {s.questions:>9} {s.attempted:>5} {s.mastered:>8} {s.due:>4} "
+                    f"{s.attempts:>8} {mean:>5}  {s.last_practiced or '-'}")
+    total = sum(s.attempts for s in stats)
+    rows.append(f"{total} attempts in all; mastered = box {MASTERED_BOX}+ of {BOXES}")
+    return "\n".join(rows)
+
+
+def session(practice: Practice, post: str | None = None, read: Callable[[str], str] = input,
+            write: Callable[[str], None] = print) -> int:
+    """The terminal drill: ask, read one line, grade, show, next; an empty line or end of input quits."""
+    last: list[str] = []
+    write("Answer in your own words on one line; an empty line quits.")
+    while True:
+        q = practice.next_question(post, exclude=last)
+        write(format_question(q))
+        while True:
+            try:
+                answer = read("> ")
+            except EOFError:
+                write("")
+                return 0
+            if not answer.strip():
+                return 0
+            try:
+                write(format_grade(practice.grade(q.id, answer)))
+                break
+            except PracticeError as e:  # too long, no words: say so and let them answer again
+                write(f"  {e}")
+        last = [q.id]

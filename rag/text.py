@@ -1,0 +1,95 @@
+"""Text utilities with no heavy imports: sentences, content words, stems, citation markers.
+
+Sentence splitting is blingfire's (a compiled tokenizer, correct on "e.g." and "Fig. 2", ~30x faster than
+syntok and ~40x faster than pysbd on the posts; docs/architecture.md); stems are Snowball's. Importing this
+module loads none of torch, FAISS or langchain.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import blingfire
+import snowballstemmer
+
+# The core of NLTK's English stop words (NLTK ships them only as a corpus download, so they are copied). The
+# `stop-words` package's English list (1,298 words) would drop domain words such as "bn", "lr", "cv",
+# "test", "value", "zero" and "index"; scikit-learn's would pull SciPy into every import (docs/architecture.md).
+NLTK_STOPWORDS = """a about above after again against all am an and any are as at be because been before being below
+between both but by can could did do does doing down during each few for from further had has have having he her
+here hers him his how i if in into is it its itself just me more most my no nor not now of off on once only or
+other our out over own same she should so some such than that the their them then there these they this those
+through to too under until up very was we were what when where which while who whom why will with would you
+your""".split()
+# Words that carry no topic in a question ("explain the difference between ... vs ..."); a search or an
+# overlap test would rank on them otherwise.
+QUERY_WORDS = {"explain", "tell", "describe", "difference", "vs", "versus"}
+STOPWORDS = frozenset(NLTK_STOPWORDS) | QUERY_WORDS
+
+CITATION = re.compile(r"\s*\[\d+\]")
+_MARK = re.compile(r"\[(\d+)\]")
+_LEADING_MARKS = re.compile(r"^\s*((?:\[\d+\][\s.,;:]*)+)")
+_TRAILING_MARKS = re.compile(r"((?:\s*\[\d+\])+)\s*\.?\s*$")
+LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
+PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
+
+_stemmer = snowballstemmer.stemmer("english")
+
+
+def split_sentences(line: str) -> list[str]:
+    """One line (paragraph or list item) -> its sentences, as blingfire splits them."""
+    line = line.strip()
+    return [s for s in blingfire.text_to_sentences(line).split("\n") if s.strip()] if line else []
+
+
+def _keep(sentence: str) -> bool:
+    return (len(sentence.split()) >= 3 or "$$" in sentence) and not PSEUDO_HEADING.match(sentence)
+
+
+def cited_sentences(text: str) -> list[tuple[str, list[int]]]:
+    """Sentences and list items of a passage or an answer, each with the citation numbers it carries
+    (markers and list markers removed from the sentence). A marker right after a sentence's full stop
+    belongs to that sentence; when the only markers are one block at the very end of the answer, they
+    cite every sentence. The one parse of "which [n] belongs to which sentence" for the chat and the eval."""
+    out: list[list] = []
+    for line in text.splitlines():
+        for piece in split_sentences(LIST_MARKER.sub("", line)):
+            lead = _LEADING_MARKS.match(piece)
+            if lead and out:
+                out[-1][1].extend(int(x) for x in _MARK.findall(lead.group(1)))
+                piece = piece[lead.end():]
+            marks = [int(x) for x in _MARK.findall(piece)]
+            sentence = LIST_MARKER.sub("", CITATION.sub("", piece)).strip()
+            if _keep(sentence):
+                out.append([sentence, marks])
+            elif marks and out:
+                out[-1][1].extend(marks)
+    tail = _TRAILING_MARKS.search(text)
+    if tail and out and len(_MARK.findall(text)) == len(_MARK.findall(tail.group(1))):
+        block = [int(x) for x in _MARK.findall(tail.group(1))]
+        out = [[s, block] for s, _ in out]
+    return [(s, list(dict.fromkeys(m))) for s, m in out]
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences and list items of a passage or an answer, citation markers and bold-line labels removed."""
+    return [s for s, _ in cited_sentences(text)]
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in words(text) if w not in STOPWORDS and len(w) > 1}
+
+
+@lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    return _stemmer.stemWord(word)
+
+
+def stems(text: str) -> set[str]:
+    """Stems of the content words: "activation" meets "activations", "normalize" meets "normalization"."""
+    return {stem(w) for w in content_words(text)}
