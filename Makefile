@@ -26,6 +26,8 @@ index: setup
 	HF_HUB_OFFLINE=1 $(BIN)/rag index
 
 run: setup
+	# join, verify and convert the local language model once (minutes on the very first run), with progress
+	HF_HUB_OFFLINE=1 $(BIN)/rag prepare
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 browser:

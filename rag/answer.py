@@ -20,7 +20,7 @@ from typing import Iterator
 from .chunking import section_title
 from .conversation import check_history, check_k, check_question, follow_up
 from .grounding import best_support, supported
-from .modes import get_mode, trimmed
+from .modes import Pending, get_mode, trimmed
 from .retrieve import Passage, Retrieval, Retriever
 from .settings import Settings
 from .text import cited_sentences
@@ -66,6 +66,7 @@ class Answer:
     mode: str = ""
     generator: str | None = None  # the model that wrote the answer; None when no model did
     draft: str = ""  # what the model wrote before its sentences were checked (generate mode)
+    pending: str = ""  # the sentence the model is still writing, not checked yet (shown apart, then replaced)
     done: bool = False
 
     def to_json(self) -> dict:
@@ -73,7 +74,7 @@ class Answer:
                 "citations": [{k: v for k, v in asdict(c).items() if k in ("n", "post_title", "url", "section",
                                                                                "text")} for c in self.citations],
                 "timings": {k: round(v, 4) for k, v in self.timings.items()},
-                "query": self.query, "mode": self.mode, "generator": self.generator,
+                "query": self.query, "mode": self.mode, "generator": self.generator, "draft": self.draft or None,
                 "retrieved": [{"post_title": p.post_title, "section": p.section, "text": p.text}
                               for p in self.passages]}
 
@@ -126,12 +127,13 @@ class Chat:
     def retrieve(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
         """The plan's search; the eval repeats it with another k or fusion. A question that may be a
         follow-up is searched alone first and joined to the previous question only if alone it is not
-        covered, so a complete question is never mixed with an unrelated previous one."""
+        covered and names nothing the posts never mention ("how do I bake sourdough?" after an optimizer
+        question stays alone), so a complete question is never mixed with an unrelated previous one."""
         k, fusion = k or plan.k, fusion or plan.fusion
         if plan.previous and not plan.explicit:
             alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
-            if alone.covered:
-                return alone
+            if alone.covered or alone.signals.get("rare_unknown"):
+                return alone  # covered alone, or it names something the posts never mention: not a follow-up
         return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
 
     def ask(self, question: str, history=None, **kw) -> Answer:
@@ -162,23 +164,19 @@ class Chat:
         if mode.uses_generator:
             answer.generator = self.generator.name
         with closing(mode.write(self, plan, retrieval, context)) as pieces:  # a consumer that leaves stops it
-            for text in pieces:
+            for piece in pieces:
                 answer.timings.setdefault("first_token", time.perf_counter() - start)
-                answer.answer += text
+                if isinstance(piece, Pending):
+                    answer.pending, answer.draft = piece.text, piece.draft
+                else:
+                    answer.answer += piece
                 yield answer
-        if hasattr(mode, "revise"):
-            self._revise(answer, mode, plan, retrieval, context)
-        self._finish(answer, context, start)
-        yield answer
-
-    def _revise(self, answer: Answer, mode, plan: Plan, retrieval: Retrieval, context: list[Passage]) -> None:
-        """A model's answer keeps only the sentences its passages support; if none survive, the answer is
-        the extractive one, and no model wrote it."""
-        answer.draft = answer.answer
-        answer.answer = mode.revise(self, answer.answer, context)
-        if not answer.answer:
+        if mode.uses_generator and not answer.answer.strip():
+            # nothing the model wrote passed the check: the extractive answer, which no model wrote
             answer.answer = "".join(get_mode("extractive").write(self, plan, retrieval, context))
             answer.generator = None
+        self._finish(answer, context, start)
+        yield answer
 
     # -- pieces ---------------------------------------------------------------------------------
 

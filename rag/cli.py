@@ -76,7 +76,8 @@ def _ask(args, settings) -> int:
 def _eval(args, settings) -> int:
     from .eval.evaluate import EvalRun, run_eval
 
-    return run_eval(EvalRun(args.questions, args.out, args.limit, args.mode, args.compare, args.gen_limit), settings)
+    return run_eval(EvalRun(tuple(args.questions), args.out, args.limit, args.mode, args.compare, args.gen_limit),
+                    settings)
 
 
 def _calibrate(args, settings) -> int:
@@ -88,11 +89,35 @@ def _calibrate(args, settings) -> int:
     if "test" in result:
         rows += [("test, model", result["test"]["model"]), ("test, single cosine", result["test"]["single_cosine"])]
     for name, r in rows:
-        print(f"{name:>22}: threshold {r['threshold']:.2f}  refusal {r['refusal']:.3f} {r['refusal_ci']}  "
-              f"false refusal {r['false_refusal']:.3f} {r['false_refusal_ci']}")
+        print(f"{name:>22}: threshold {r['threshold']:.2f}  refusal {r['refusal']:.3f} {_interval(r['refusal_ci'])}  "
+              f"false refusal {r['false_refusal']:.3f} {_interval(r['false_refusal_ci'])}")
     print(f"model written to {args.model or settings.coverage_model}; "
           f"figures in {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0
+
+
+def _prepare(args, settings) -> int:
+    """Join, verify and convert the configured generator once and load the embedder, with progress bars, so
+    that the app's first answer does not wait for it (`make run` calls this)."""
+    import time
+
+    import torch
+
+    from .embedder import load_embedder
+    from .generate import generator_location, prepare_weights, resolve_dtype
+
+    start = time.perf_counter()
+    load_embedder(settings.embedder, settings.device)
+    loc = generator_location(settings.generator)
+    dtype = resolve_dtype(None)
+    path = prepare_weights(loc, torch.float32 if dtype == "int8" else dtype)
+    print(f"embedder {settings.embedder} ready; generator {loc.name} ready in {path} "
+          f"({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _interval(ci) -> str:
+    return f"[{float(ci[0]):.2f}, {float(ci[1]):.2f}]" if ci else ""
 
 
 def _practice(args, settings) -> int:
@@ -120,6 +145,7 @@ def _practice(args, settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .eval import SPLITS
     from .modes import MODES
 
     common = argparse.ArgumentParser(add_help=False)
@@ -147,12 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_ask)
 
     p = sub.add_parser("eval", parents=[common], help="score retrieval and answers on labeled questions")
-    p.add_argument("--questions", default="eval/dev.jsonl", help="JSONL questions (default: %(default)s)")
+    p.add_argument("--questions", nargs="+", default=list(SPLITS), metavar="FILE",
+                   help="JSONL question files, each scored on its own (default: %(default)s)")
     p.add_argument("--out", default="eval/runs/latest", help="output directory (default: %(default)s)")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--compare", action="store_true", help="run several settings side by side")
-    p.add_argument("--gen-limit", type=int, default=24,
-                   help="with --compare: questions per generator mode, stratified by kind (default: %(default)s)")
+    p.add_argument("--gen-limit", type=int, default=0,
+                   help="with --compare: at most N questions per generator mode, stratified by kind (default: all)")
     p.add_argument("--mode", choices=list(MODES), help="answer mode (default: settings)")
     p.set_defaults(run=_eval)
 
@@ -163,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval/calibration.json", help="where to write the figures (default: %(default)s)")
     p.add_argument("--model", help="where to write the model (default: the coverage_model setting)")
     p.set_defaults(run=_calibrate)
+    p = sub.add_parser("prepare", parents=[common], help="assemble, verify and convert the models once (set-up)")
+    p.set_defaults(run=_prepare)
+
     p = sub.add_parser("practice", parents=[common], help="drill the posts' interview questions")
     p.add_argument("--json", action="store_true", help="print one question (or the grade, or the stats) as JSON")
     p.add_argument("--post", metavar="GUID_OR_TITLE", help="only questions of this post (guid or title substring)")

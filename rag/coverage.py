@@ -1,53 +1,119 @@
 """Do the posts cover this question? A few signals of a retrieval, combined by a small logistic model.
 
-One similarity threshold could not tell a near-miss ("how does ALiBi work?" next to the posts' positional
-encodings) from a covered question: both score alike. Other signals can: a near-miss's rare words often occur
-nowhere in the posts, or not in the best section. The model (weights in `Settings.coverage_model`, a JSON file
-written by `rag calibrate` with cross-validation on the dev questions) is a dot product at run time, so the
-product needs no scikit-learn; without the file the decision falls back to `Settings.refusal_threshold`.
+One similarity threshold could not tell a near-miss ("how does AMSGrad fix Adam?" next to the posts' Adam
+section) from a covered question: both score alike. Other signals can: a near-miss usually names something the
+posts never mention, a word that is rare in English too ("amsgrad", "bonferroni"), while a casual covered
+question's unknown words are everyday ones ("lol", "weird", "gonna"); and a near-miss's words are often missing
+from the best section. English word frequencies come from `wordfreq`. The model (weights in
+`Settings.coverage_model`, a JSON file written by `rag calibrate` with cross-validation on the dev questions) is
+a dot product at run time, so the product needs no scikit-learn; without the file the decision falls back to
+`Settings.refusal_threshold`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .text import stems
+from .errors import RagError
+from .text import content_words, stem, stems, words
 
-FEATURES = ("dense", "heading", "dense_gap", "unknown_share", "top_term_share", "log_words")
+FEATURES = ("dense", "heading", "dense_gap", "top_term_share", "log_words", "rare_unknown", "rare_share")
+# Zipf frequency (log10 per billion words) under which an English word counts as rare: everyday words such as
+# "weird" (4.8) or "choke" (3.7) lie above it, technical terms such as "lstm" (1.7) or "hashing" (2.6) below.
+RARE_ZIPF = 3.5
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_SPELLED_OUT = re.compile(r"[A-Za-z0-9]+ \((?=[^()]*\))")
+
+
+@lru_cache(maxsize=65536)
+def english_zipf(word: str) -> float:
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(word, "en")
 
 
 class Vocabulary:
-    """Document frequency of stems over the index's sections: which question words the posts use at all."""
+    """The words of the index's sections: which question words the posts use at all, and how often (document
+    frequency of stems, for IDF weights). Hyphenated terms also count joined up ("k-means" -> "kmeans")."""
 
     def __init__(self, section_texts: list[str]):
         self.sections = max(len(section_texts), 1)
         self.df = Counter(s for text in section_texts for s in stems(text))
+        self.words: Counter = Counter()
+        self.hyphenated: dict[str, str] = {}  # "kmeans" -> "k-means": how the posts write a joined-up term
+        for text in section_texts:
+            found = set(_WORD.findall(text.lower()))
+            joined = {w.replace("-", ""): w for w in found if "-" in w}
+            self.words.update(found | set(joined) | {part for w in found if "-" in w for part in w.split("-")})
+            for short, full in joined.items():
+                self.hyphenated.setdefault(short, full)
 
-    def idf(self, stem: str) -> float:
-        return math.log((1 + self.sections) / (1 + self.df.get(stem, 0))) + 1.0
+    def idf(self, stem_: str) -> float:
+        return math.log((1 + self.sections) / (1 + self.df.get(stem_, 0))) + 1.0
+
+    def known(self, word: str) -> bool:
+        return word in self.words or stem(word) in self.df or (word.endswith("s") and word[:-1] in self.words)
+
+    def spelled_out(self, word: str) -> str | None:
+        """How the posts write a word of a question they would not match as typed: a joined-up hyphenated
+        term ("kmeans" -> "k-means") or a misspelling ("xaiver" -> "xavier")."""
+        word = word.lower()
+        if word in self.hyphenated and word not in self.df:
+            return self.hyphenated[word]
+        return self.correction(word)
+
+    def rare_unknown(self, text: str) -> list[str]:
+        """Content words of `text` that the posts never use and that are rare in English: the names of the
+        things a question asks about that the posts do not cover. A word already spelled out next to it
+        ("lgbm (LightGBM)", rag.retrieve.spell_out) does not count."""
+        text = _SPELLED_OUT.sub("", text)
+        own = content_words(text)
+        return [w for w in dict.fromkeys(words(text))
+                if w in own and not w.isdigit() and not self.known(w) and english_zipf(w) < RARE_ZIPF]
+
+    def correction(self, word: str) -> str | None:
+        """A misspelt word's spelling in the posts ("xaiver" -> "xavier"): one edit (transpositions count one)
+        from a word the posts use at least twice, for words of five letters or more that are neither in the posts
+        nor common English."""
+        if len(word) < 5 or not word.isalpha() or self.known(word) or english_zipf(word) >= RARE_ZIPF:
+            return None
+        from rapidfuzz import process
+        from rapidfuzz.distance import OSA
+
+        frequent = self._frequent()
+        hit = process.extractOne(word, frequent, scorer=OSA.distance, score_cutoff=1)
+        return hit[0] if hit else None
+
+    def _frequent(self) -> list[str]:
+        if not hasattr(self, "_frequent_words"):
+            self._frequent_words = [w for w, n in self.words.items() if n >= 2 and len(w) >= 4 and w.isalpha()]
+        return self._frequent_words
 
 
 def features(question: str, passages: list, vocab: Vocabulary) -> dict[str, float]:
     """The signals the decision is made on; `passages` in rank order (rag.retrieve.Passage)."""
-    words = stems(question)
+    question_stems = stems(question)
     dense = [p.dense for p in passages] or [0.0]
-    known = [w for w in words if w in vocab.df]
+    known = [w for w in question_stems if w in vocab.df]
     top = stems(f"{passages[0].section} {passages[0].text}") if passages else set()
     weight = sum(vocab.idf(w) for w in known)
+    rare = vocab.rare_unknown(question)
     return {
         "dense": max(dense),
         "heading": max((p.heading for p in passages), default=0.0),
         "dense_gap": dense[0] - (float(np.mean(dense[1:])) if len(dense) > 1 else 0.0),
-        # misspellings land here too; the model weighs this against the similarities
-        "unknown_share": 1 - len(known) / len(words) if words else 1.0,
         "top_term_share": sum(vocab.idf(w) for w in known if w in top) / weight if weight else 0.0,
-        "log_words": math.log1p(len(words)),
+        "log_words": math.log1p(len(question_stems)),
+        "rare_unknown": float(len(rare)),
+        "rare_share": len(rare) / max(len(content_words(question)), 1),
     }
 
 
@@ -70,8 +136,16 @@ class CoverageModel:
     def load(cls, path: Path | str | None) -> "CoverageModel | None":
         if not path or not Path(path).is_file():
             return None
-        data = json.loads(Path(path).read_text())
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        try:
+            data = json.loads(Path(path).read_text())
+            model = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (ValueError, TypeError) as e:
+            raise RagError(f"coverage model {path} is unreadable ({e}); run `rag calibrate` to fit it again") from e
+        unknown = [f for f in model.features if f not in FEATURES]
+        if unknown:
+            raise RagError(f"coverage model {path} uses signals this version does not compute ({', '.join(unknown)}); "
+                           f"run `rag calibrate` to fit it again")
+        return model
 
     def save(self, path: Path | str) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")

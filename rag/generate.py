@@ -24,6 +24,7 @@ token by token instead of oversubscribing the cores; see docs/generator.md for t
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import logging
@@ -108,6 +109,18 @@ def generator_location(name: str) -> GeneratorLocation:
             raise ModelError(f"generator file {path} not found")
         return GeneratorLocation(str(path.parent), path.name, path.stem)
     return GeneratorLocation(name, None, readable_name(name))
+
+
+def prepare_weights(loc: GeneratorLocation, dtype, cache_dir=None, sha256: str | None = None,
+                    progress: bool = True) -> str:
+    """The directory `from_pretrained` loads: packaged parts joined, verified and converted once; a user's
+    `.gguf` verified and converted once; a directory or hub id as given. `rag prepare` calls it at set-up."""
+    if loc.split is not None:
+        return str(weights.prepare_packaged(loc.split, dtype=dtype, cache=cache_dir, progress=progress))
+    if loc.gguf_file:
+        return str(weights.converted_model(Path(loc.path) / loc.gguf_file, dtype, sha256=sha256, cache=cache_dir,
+                                           progress=progress))
+    return loc.path
 
 
 def resolve_dtype(dtype) -> torch.dtype | str:
@@ -201,13 +214,7 @@ class Generator:
         self.name = loc.name or readable_name(name)
         self.source = name
         try:
-            if loc.split is not None:
-                model_dir = weights.prepare_packaged(loc.split, dtype=store, cache=cache_dir, progress=progress)
-            elif loc.gguf_file:
-                model_dir = weights.converted_model(Path(loc.path) / loc.gguf_file, store, sha256=sha256,
-                                                    cache=cache_dir, progress=progress)
-            else:
-                model_dir = loc.path
+            model_dir = prepare_weights(loc, store, cache_dir, sha256, progress)
             log.info("loading generator %s (%s) from %s", self.name, _dtype_name(self.dtype), model_dir)
             # The tokenizer (an 11 MB tokenizer.json for Qwen) is parsed while the weights load.
             with ThreadPoolExecutor(1) as pool:
@@ -229,6 +236,8 @@ class Generator:
         self.serialize = serialize
         self._wrap_forward()
         self._yes_no = None
+        self._prefixes: dict[tuple, object] = {}  # token ids of a prompt head -> its key/value cache
+        self._prefix_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - start
 
     def __repr__(self) -> str:
@@ -274,15 +283,19 @@ class Generator:
     # -- free generation (transformers' generate + TextIteratorStreamer) ---------------------------
 
     def generate(self, messages: list[dict], max_new_tokens: int = 256, stop_strings: Sequence[str] = (),
-                 repetition_penalty: float = 1.0, stop_event: threading.Event | None = None) -> TextStream:
+                 repetition_penalty: float = 1.0, stop_event: threading.Event | None = None,
+                 logits_processors: Sequence = (), prefix: int = 0) -> TextStream:
         """Greedy generation streamed as text pieces (a TextStream: an iterator of str).
+
+        `prefix`: the first `prefix` messages are the same in many calls (instructions, a worked example); their
+        key/value cache is computed once and reused, so only the rest of the prompt is read on each call.
 
         Ends at EOS, after `max_new_tokens` tokens, when the text reaches one of `stop_strings` (the stop
         string itself is not yielded) or when `stop_event` is set. Closing the iterator early (`.close()`,
         `contextlib.closing`, or dropping it) sets the event and joins the worker thread. The worker starts
         at the first `next()`; arguments are checked at once (ValueError).
         """
-        from transformers import GenerationConfig, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
         max_new_tokens = int(max_new_tokens)
         if max_new_tokens < 1:
@@ -301,7 +314,10 @@ class Generator:
                                   pad_token_id=self.pad_id, stop_strings=stops or None)
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
                       streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(event)]),
-                      tokenizer=self.tokenizer)
+                      logits_processor=LogitsProcessorList(list(logits_processors)), tokenizer=self.tokenizer)
+        cache = self.prefix_cache(messages[:prefix], ids) if prefix else None
+        if cache is not None:
+            kwargs["cache"] = cache
         return TextStream(lambda stream: self._run_streamed(stream, kwargs, streamer, stops), event)
 
     def _run_streamed(self, stream: "TextStream", kwargs: dict, streamer, stops: list[str]) -> Iterator[str]:
@@ -344,6 +360,28 @@ class Generator:
             if not ended:
                 event.set()  # closed early, or a stop string seen: stop the worker at its next step
             worker.join()
+
+    def prefix_cache(self, head: list[dict], ids: torch.Tensor):
+        """A copy of the key/value cache of the prompt's first messages (computed once per distinct head), or
+        None when their tokens are not a prefix of `ids`."""
+        from transformers import DynamicCache
+
+        head_ids = self.tokenizer.apply_chat_template(head, add_generation_prompt=False, return_tensors="pt",
+                                                      return_dict=True)["input_ids"]
+        n = head_ids.shape[1]
+        if n >= ids.shape[1] or not torch.equal(ids[0, :n], head_ids[0]):
+            return None
+        key = tuple(head_ids[0].tolist())
+        with self._prefix_lock:
+            cache = self._prefixes.get(key)
+            if cache is None:
+                with torch.inference_mode():
+                    cache = self.model(head_ids, past_key_values=DynamicCache(config=self.model.config),
+                                       use_cache=True).past_key_values
+                if len(self._prefixes) >= 8:  # a few prompts at most: forget the oldest
+                    self._prefixes.pop(next(iter(self._prefixes)))
+                self._prefixes[key] = cache
+        return copy.deepcopy(cache)
 
     # -- judgements --------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .text import stems
+from .text import stems, words
 
 SUPPORT_THRESHOLD = 0.6  # of a sentence's content-word stems present in the cited passage
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -32,6 +32,21 @@ def supported(sentence: str, passage: str) -> bool:
     """A sentence is backed by a passage when most of its content-word stems (60%) and all its numbers and
     named terms occur in it. Copied sentences always pass; invented ones rarely do."""
     return overlap(sentence, passage) >= SUPPORT_THRESHOLD and names_and_numbers_in(sentence, passage)
+
+
+NEGATIONS = frozenset({"not", "no", "never", "without", "cannot", "nor", "none", "neither"})
+
+
+def negated(text: str) -> bool:
+    lower = text.lower()
+    return bool(set(words(lower)) & NEGATIONS) or "n't" in lower or "n’t" in lower
+
+
+def backs(source: str, sentence: str) -> bool:
+    """The chat's check that a sentence a model wrote from a passage sentence still says what the source says:
+    supported by it (above) and negated exactly when the source is ("is not always the best choice" must not
+    come back as "is always the best choice")."""
+    return supported(sentence, source) and negated(sentence) == negated(source)
 
 
 def best_support(sentence: str, passages: list[str]) -> tuple[int | None, float]:

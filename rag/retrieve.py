@@ -98,11 +98,24 @@ SHORTHAND = {
     "feats": "features", "dims": "dimensions", "params": "parameters", "hyperparams": "hyperparameters",
 }
 _SHORTHAND = re.compile(r"\b(" + "|".join(sorted(map(re.escape, SHORTHAND), key=len, reverse=True)) + r")\b", re.I)
+_QUERY_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
 def expand_shorthand(text: str) -> str:
     """ "lgbm on a tiny dataset" -> "lgbm (LightGBM) on a tiny dataset": the original word stays for BM25."""
     return _SHORTHAND.sub(lambda m: f"{m.group(0)} ({SHORTHAND[m.group(0).lower()]})", text)
+
+
+def spell_out(text: str, vocab: Vocabulary) -> str:
+    """Shorthand expanded, and each word the posts write differently followed by their spelling:
+    "xaiver init for kmeans" -> "xaiver (xavier) init (initialization) for kmeans (k-means)"."""
+    text = expand_shorthand(text)
+
+    def note(m: re.Match) -> str:
+        spelled = vocab.spelled_out(m.group(0))
+        return f"{m.group(0)} ({spelled})" if spelled else m.group(0)
+
+    return _QUERY_WORD.sub(note, text)
 
 
 class Retriever:
@@ -149,7 +162,8 @@ class Retriever:
         k = k or self.settings.top_k
         fusion = fusion or self.settings.fusion
         index = self.index
-        query, context = expand_shorthand(query), context and expand_shorthand(context)
+        vocab = self.vocabulary(index)
+        query, context = spell_out(query, vocab), context and spell_out(context, vocab)
         queries = [query] if not context else [query, f"{query} {context}"]
         vectors = embed(self.model, queries)
         scored = [self.score_chunks(index, q, v[None], post, fusion) for q, v in zip(queries, vectors)]

@@ -31,7 +31,7 @@ class Settings:
 
     # models: a packaged name, a Hugging Face id or a local directory / .gguf file
     embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
-    generator: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    generator: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"  # packaged; "SmolLM2-135M-Instruct" for small machines
     device: str = "cpu"
     embed_batch_size: int = 32
     ann_threshold: int = 200_000  # vectors; past this an approximate FAISS index replaces the exact one

@@ -47,7 +47,7 @@ def rates(score: np.ndarray, answerable: np.ndarray, threshold: float) -> dict:
         n, k = int(mask.sum()), int(hits[mask].sum())
         ci = binomtest(k, n).proportion_ci(method="wilson") if n else None
         out[name] = k / n if n else None
-        out[f"{name}_ci"] = [round(ci.low, 3), round(ci.high, 3)] if ci else None
+        out[f"{name}_ci"] = [round(float(ci.low), 3), round(float(ci.high), 3)] if ci else None
         out[f"{name}_n"] = n
     r, f = out["refusal"] or 0.0, out["false_refusal"] or 0.0
     out["balanced_accuracy"] = (r + 1 - f) / 2

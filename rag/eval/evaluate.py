@@ -30,17 +30,19 @@ import numpy as np
 from ..embedder import embed
 from ..errors import RagError
 from ..settings import PROJECT_DIR, Settings
-from ..text import CITATION
+from ..text import CITATION, cited_sentences
+from . import SPLITS
 from .metrics import (CURVE_K, KINDS, aggregate, citation_scores, groundedness, normalize, retrieval_scores,
                       holds_evidence, token_f1)
-from .report import summary, write_compare, write_run
+from .report import summary, write_compare, write_run, write_summary
 
 
 
 @dataclass(frozen=True)
 class EvalRun:
-    """What `rag eval` was asked to do."""
-    questions: str | Path = "eval/dev.jsonl"
+    """What `rag eval` was asked to do. Several question files (dev and test by default) are run one after
+    the other into DIR/<file stem>/, with a summary of all of them in DIR/summary.md."""
+    questions: tuple[str | Path, ...] | str | Path = SPLITS
     out: str | Path = "eval/runs/latest"
     limit: int | None = None
     mode: str | None = None  # default: the settings' answer mode
@@ -200,13 +202,15 @@ class Evaluator:
                 continue
             out = answer.to_json()
             r.update(query=answer.query, answer=answer.answer, refused=answer.refused, citations=out["citations"],
-                     retrieved=out["retrieved"], timings={k: float(v) for k, v in answer.timings.items()})
+                     retrieved=out["retrieved"], timings={k: float(v) for k, v in answer.timings.items()},
+                     generator=answer.generator, draft=answer.draft or None)
             r["retrieved_ranked"] = [p.text for p in answer.passages]
             if q["evidence"]:
                 ten = self.chat.retrieve(plan, CURVE_K)  # the chat's own search, repeated for the top 10
                 r.update(retrieval_scores([p.text for p in answer.passages], q["evidence"], top_k,
                                           [p.text for p in ten.passages]))
                 r["evidence_indexed"] = self.evidence_indexed(q["evidence"])
+            r["model_written"] = written_share(answer) if not answer.refused else None
             g, checks = groundedness(answer.answer, answer.refused, {c.n: c.text for c in answer.citations})
             r["groundedness"], r["support"] = g, checks
             r["citation_precision"], r["citation_recall"] = citation_scores(answer, q["evidence"])
@@ -253,6 +257,31 @@ class Evaluator:
             results.append(r)
         return results
 
+    def unrelated_turn_row(self, questions: list[dict], seed: int = 20261205) -> list[dict]:
+        """The follow-up decision on questions that do not depend on the conversation: each non-follow-up
+        question is asked after an earlier turn taken from a question about another post (fixed seed). It
+        should be searched alone (`joined` false) and scored as without the turn: same hit@k, same refusal."""
+        import random
+
+        rng = random.Random(seed)
+        standalone = [q for q in questions if q["kind"] != "followup"]
+        results = []
+        for q in self._bar(standalone, "after an unrelated turn"):
+            others = [o for o in standalone if o.get("post_title") != q.get("post_title") and o is not q]
+            other = rng.choice(others)
+            history = [[other["question"], other["answer"]]]
+            plan = self.chat.plan(q["question"], history)
+            ret = self.chat.retrieve(plan, CURVE_K)
+            decision = self.chat.retrieve(plan)
+            r = _base(q)
+            r.update(query=ret.query, refused=not decision.covered, joined=decision.joined,
+                     timings={"retrieve": decision.seconds}, history=history)
+            if q["evidence"]:
+                texts = [p.text for p in ret.passages]
+                r.update(retrieval_scores(texts, q["evidence"], self.settings.top_k, texts))
+            results.append(r)
+        return results
+
     def baseline_row(self, questions: list[dict], chunk_size: int = 1000, overlap: int = 100,
                      top_k: int = 5) -> tuple[list[dict], dict]:
         """The tutorial pipeline: 1000-character RecursiveCharacterTextSplitter chunks of the post Markdown,
@@ -282,6 +311,16 @@ class Evaluator:
                 r.update(retrieval_scores(texts, q["evidence"], top_k, texts))
             results.append(r)
         return results, info
+
+
+def written_share(answer) -> float | None:
+    """Share of the answer's sentences that are not copied verbatim from a retrieved section: what a model
+    wrote (0 for an extractive answer)."""
+    parts = [s for s, _ in cited_sentences(answer.answer)]
+    if not parts:
+        return None
+    texts = [normalize(p.text) for p in answer.passages]
+    return sum(not any(normalize(s).rstrip(".") in t for t in texts) for s in parts) / len(parts)
 
 
 def _base(q: dict) -> dict:
@@ -326,16 +365,40 @@ def compare_row(name: str, kind: str, results: list[dict], seconds: float, note:
 
 
 def run_eval(run: EvalRun, settings: Settings) -> int:
+    files = [run.questions] if isinstance(run.questions, (str, Path)) else list(run.questions)
+    out = Path(run.out)
+    ev = Evaluator(settings)
+    if len(files) == 1:
+        run_split(ev, run, files[0], out)
+        return 0
+    rows = []
+    for path in files:
+        rows.append((Path(path).stem, run_split(ev, run, path, out / Path(path).stem)))
+    write_summary(out, rows, calibration_figures())
+    print(f"\nsummary of {len(files)} question files: {out / 'summary.md'}")
+    return 0
+
+
+def calibration_figures(path: Path = PROJECT_DIR / "eval" / "calibration.json") -> dict | None:
+    """The coverage decision's cross-validated dev figures, as `rag calibrate` wrote them."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_split(ev: Evaluator, run: EvalRun, questions_file: str | Path, out: Path) -> list[dict]:
+    """One question file: the answer mode (or with --compare every row) into `out`; returns the
+    (name, metrics) rows for the summary."""
     from ..fusion import FUSIONS
     from ..modes import MODES, get_mode
 
+    settings = ev.settings
     started = time.perf_counter()
-    questions = load_questions(run.questions, run.limit)
+    questions = load_questions(questions_file, run.limit)
     mode = get_mode(run.mode or settings.answer_mode).name
-    out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = run_info(settings, run.questions, len(questions), mode)
-    ev = Evaluator(settings)
+    info = run_info(settings, questions_file, len(questions), mode)
 
     if not run.compare:
         info["load_seconds"] = ev.warm_up(mode)
@@ -346,7 +409,7 @@ def run_eval(run: EvalRun, settings: Settings) -> int:
         print(summary([(f"{mode} overall", metrics["overall"]),
                         *((k, m) for k, m in metrics["by_kind"].items())]))
         print(f"\n{len(questions)} questions in {info['seconds']:.0f} s; report: {out / 'report.md'}")
-        return 0
+        return [(f"answer {mode}", metrics["overall"])]
 
     rows: list[dict] = []
     info["load_seconds"] = ev.warm_up("extractive")
@@ -357,15 +420,20 @@ def run_eval(run: EvalRun, settings: Settings) -> int:
                                 f"sections, {fusion.description}"
                                 + (" (the default)" if fusion.name == settings.fusion else "")))
     t = time.perf_counter()
+    res = ev.unrelated_turn_row(questions)
+    joined = sum(r["joined"] for r in res)
+    rows.append(compare_row("after an unrelated turn", "retrieval", res, time.perf_counter() - t,
+                            f"every non-follow-up question asked after a turn about another post (the follow-up "
+                            f"decision): {joined} of {len(res)} were joined to that turn"))
+    t = time.perf_counter()
     res, binfo = ev.baseline_row(questions)
     rows.append(compare_row("tutorial baseline", "baseline", res, time.perf_counter() - t,
                             f"{binfo['chunks']} RecursiveCharacterTextSplitter chunks of {binfo['chunk_size']} chars "
                             f"(overlap {binfo['chunk_overlap']}) of the post Markdown, MiniLM, FAISS IndexFlatIP, "
                             f"top 5 chunks for the raw question (no follow-up rewriting); a hit is a chunk holding "
                             f"an evidence string; index built in {binfo['build_seconds']:.1f} s"))
-    primary_results = None
     for m in MODES:
-        subset = stratified(questions, run.gen_limit) if MODES[m].uses_generator else questions
+        subset = stratified(questions, run.gen_limit) if MODES[m].uses_generator and run.gen_limit else questions
         load = ev.warm_up(m)
         t = time.perf_counter()
         res = ev.answer_row(subset, m, desc=f"answer {m}")
@@ -376,13 +444,10 @@ def run_eval(run: EvalRun, settings: Settings) -> int:
         rows.append(compare_row(f"answer {m}", "answer", res, secs, note))
         sub_info = {**info, "questions": len(subset), "mode": m, "seconds": secs, "load_seconds": load}
         write_run(out if m == mode else out / f"mode-{m}", sub_info, res)
-        if m == mode:
-            primary_results = res
     info["seconds"] = time.perf_counter() - started
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     write_compare(out, info, rows)
     print(summary([(r["name"], r) for r in rows]))
-    print(f"\n{len(questions)} questions, compare in {info['seconds']:.0f} s; "
-          f"table: {out / 'compare.md'}; {mode} report: {out / 'report.md'} "
-          f"({len(primary_results or [])} questions); other modes under {out}/mode-*/")
-    return 0
+    print(f"\n{len(questions)} questions, compare in {info['seconds']:.0f} s; table: {out / 'compare.md'}; "
+          f"{mode} report: {out / 'report.md'}; other modes under {out}/mode-*/")
+    return [(r["name"], r) for r in rows]

@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..grounding import SUPPORT_THRESHOLD, names_and_numbers_in, overlap
+from ..grounding import NEGATIONS, SUPPORT_THRESHOLD, names_and_numbers_in, overlap
 from ..text import CITATION, STOPWORDS, cited_sentences, words
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,6 @@ KINDS = ("factual", "conceptual", "paraphrase", "multi_hop", "followup", "unansw
 CURVE_K = 10  # hit@k curve and nDCG cutoff
 STAGES = ("retrieve", "first_token", "total")
 STRICT_THRESHOLD = 0.7
-NEGATIONS = frozenset({"not", "no", "never", "without", "cannot", "nor", "none", "neither"})
 SUPPORT_TEST = (
     f"An answer sentence (split with rag.text.cited_sentences, citation markers removed) is *supported* when "
     f"at least one passage it cites with a valid marker [n] (n is one of the answer's citations) contains "
@@ -176,6 +175,7 @@ def aggregate(results: list[dict]) -> dict:
         m["groundedness"] = mean(r["groundedness"] for r in ok)
         m["citation_precision"] = mean(r["citation_precision"] for r in answerable)
         m["citation_recall"] = mean(r["citation_recall"] for r in answerable)
+        m["model_written"] = mean(r.get("model_written") for r in ok if not r["refused"])
     if "refused" in (ok[0] if ok else {}):
         m["refusal_accuracy"] = mean(float(r["refused"]) for r in unanswerable)
         m["false_refusal_rate"] = mean(float(r["refused"]) for r in answerable)

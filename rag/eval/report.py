@@ -42,7 +42,7 @@ def fmt(v) -> str:
 OVERALL_COLUMNS = [("questions", "n"), ("hit@1", "hit@1"), ("hit@3", "hit@3"), ("hit@5", "hit@5"), ("mrr", "MRR"),
                    ("ndcg@10", "nDCG@10"), ("evidence_recall@5", "evid. recall@5"),
                    ("semantic_sim", "sem. sim"), ("token_f1", "token F1"), ("answer_evidence", "holds evid."),
-                   ("groundedness", "grounded"),
+                   ("groundedness", "grounded"), ("model_written", "model wrote"),
                    ("citation_precision", "cit. P"), ("citation_recall", "cit. R"),
                    ("refusal_accuracy", "refusal acc"), ("false_refusal_rate", "false refusal")]
 
@@ -170,6 +170,9 @@ def write_report(out: Path, info: dict, metrics: dict, results: list[dict]) -> N
         f"- **Support test (groundedness)**: {SUPPORT_TEST}",
         "- **Citations**: precision = cited sections containing an evidence string / cited sections; recall = "
         "evidence strings found in at least one cited section / evidence strings (answerable, not refused).",
+        "- **Model wrote**: share of an answer's sentences that are not copied verbatim from a retrieved section, "
+        "averaged over answers (0 for extractive answers; in the generate mode, sentences the check replaced by "
+        "their source are copies).",
         "- **Refusals**: refusal accuracy = unanswerable questions refused; false-refusal rate = answerable "
         "questions refused.",
         "- **Latency**: wall-clock seconds from Answer.timings (retrieve, first_token, total), models loaded "
@@ -288,8 +291,8 @@ def write_run(out: Path, info: dict, results: list[dict]) -> dict:
 COMPARE_COLUMNS = [("questions", "n"), ("hit@1", "hit@1"), ("hit@3", "hit@3"), ("hit@5", "hit@5"), ("mrr", "MRR"),
                    ("ndcg@10", "nDCG@10"), ("evidence_recall@5", "evid. R@5"), ("context_chars", "ctx chars@5"),
                    ("semantic_sim", "sem. sim"), ("token_f1", "F1"), ("answer_evidence", "holds evid."),
-                   ("groundedness", "grounded"), ("citation_precision", "cit. P"), ("citation_recall", "cit. R"),
-                   ("refusal_accuracy", "refusal acc"), ("false_refusal_rate", "false refusal"),
+                   ("groundedness", "grounded"), ("model_written", "model wrote"), ("citation_precision", "cit. P"),
+                   ("citation_recall", "cit. R"), ("refusal_accuracy", "refusal acc"), ("false_refusal_rate", "false refusal"),
                    ("first_token_p50", "1st token p50 s"), ("retrieve_p50", "retrieve p50 s"), ("total_p50", "total p50 s"), ("total_p95", "total p95 s"),
                    ("seconds", "row time s")]
 
@@ -355,3 +358,49 @@ def summary(rows: list[tuple[str, dict]]) -> str:
         lines.append(f"{name:<{width}}{m['questions']:>5}{cells}"
                      f"{'-' if p50 is None else format(p50, '.2f'):>8}{'-' if p95 is None else format(p95, '.2f'):>8}")
     return "\n".join(lines)
+
+
+def wilson(k: int, n: int) -> tuple[float, float] | None:
+    """95% Wilson score interval of k successes in n (scipy)."""
+    if not n:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return round(ci.low, 3), round(ci.high, 3)
+
+
+def _rate_with_ci(m: dict, key: str, n_key: str) -> str:
+    rate, n = m.get(key), m.get(n_key)
+    if rate is None or not n:
+        return "–"
+    low, high = wilson(round(rate * n), n)
+    return f"{rate:.3f} [{low:.2f}, {high:.2f}]"
+
+
+SUMMARY_COLUMNS = [("questions", "n"), ("hit@1", "hit@1"), ("hit@5", "hit@5"), ("mrr", "MRR"),
+                   ("token_f1", "token F1"), ("answer_evidence", "holds evid."), ("groundedness", "grounded"),
+                   ("model_written", "model wrote"), ("citation_precision", "cit. P"), ("citation_recall", "cit. R")]
+
+
+def write_summary(out: Path, splits: list[tuple[str, list[tuple[str, dict]]]], calibration: dict | None) -> None:
+    """DIR/summary.md: every row of every question file side by side, refusal rates with 95% intervals, and
+    the coverage decision's cross-validated dev figures from `rag calibrate`."""
+    lines = ["# Eval summary", "", "Tune on dev, report test: nothing is chosen by looking at the test rows.", "",
+             "| split | row | " + " | ".join(label for _, label in SUMMARY_COLUMNS)
+             + " | refusal of uncovered [95% CI] | false refusal [95% CI] | first token p50 s | total p50 s |",
+             "|" + "---|" * (len(SUMMARY_COLUMNS) + 6)]
+    for split, rows in splits:
+        for name, m in rows:
+            m = {**m, "_unanswerable": m.get("unanswerable"), "_covered": m.get("covered")}
+            lat = m.get("latency", {})
+            cells = [fmt(m.get(k)) for k, _ in SUMMARY_COLUMNS]
+            cells += [_rate_with_ci(m, "refusal_accuracy", "_unanswerable"), _rate_with_ci(m, "false_refusal_rate", "_covered"),
+                      fmt(lat.get("first_token", {}).get("p50")), fmt(lat.get("total", {}).get("p50"))]
+            lines.append(f"| {split} | {name} | " + " | ".join(cells) + " |")
+    if calibration and calibration.get("cross_validated"):
+        cv = calibration["cross_validated"]
+        lines += ["", f"Coverage decision, 5-fold cross-validated on {calibration.get('dev')} (`rag calibrate`): "
+                      f"threshold {cv['threshold']}, refusal of uncovered {cv['refusal']:.3f} {cv['refusal_ci']}, "
+                      f"false refusal {cv['false_refusal']:.3f} {cv['false_refusal_ci']}."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,144 @@
+"""The small parts of retrieval with known values: fusion arithmetic, min-max, section assembly, overlap joining,
+the follow-up decision, the coverage vocabulary and query spelling. No model is loaded here."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from rag.chunking import Chunk
+from rag.conversation import QuestionError, check_history, check_k, follow_up
+from rag.coverage import CoverageModel, Vocabulary, features
+from rag.errors import RagError
+from rag.fusion import FUSIONS, get_fusion, minmax, ranks
+from rag.retrieve import Passage, _section_text, join_overlapping, spell_out
+
+SETTINGS = SimpleNamespace(dense_weight=0.6, rrf_k=60)
+
+
+def test_minmax_and_ranks():
+    assert minmax({1: 2.0, 2: 4.0, 3: 3.0}) == {1: 0.0, 2: 1.0, 3: 0.5}
+    assert minmax({7: 0.3}) == {7: 1.0} and minmax({}) == {}
+    assert minmax({1: 5.0, 2: 5.0}) == {1: 1.0, 2: 1.0}
+    assert ranks({"a": 0.1, "b": 0.9, "c": 0.5}) == {"b": 0, "c": 1, "a": 2}
+
+
+def test_convex_fusion_mixes_normalised_dense_and_bm25():
+    dense, keyword = {1: 0.8, 2: 0.6}, {2: 10.0, 3: 4.0}
+    cos = {1: 0.8, 2: 0.6, 3: 0.4}  # every candidate's cosine, keyword-only hits included
+    fused = FUSIONS["convex"].fuse(dense, keyword, cos, SETTINGS)
+    # cos min-max: 1 -> 1.0, 2 -> 0.5, 3 -> 0.0; bm25 min-max: 2 -> 1.0, 3 -> 0.0, 1 absent -> 0
+    assert fused == pytest.approx({1: 0.6, 2: 0.6 * 0.5 + 0.4, 3: 0.0})
+
+
+def test_reciprocal_rank_fusion_sums_one_over_k_plus_rank():
+    dense, keyword = {1: 0.9, 2: 0.5}, {2: 3.0, 3: 1.0}
+    fused = FUSIONS["rrf"].fuse(dense, keyword, {1: 0.9, 2: 0.5, 3: 0.1}, SETTINGS)
+    assert fused[1] == pytest.approx(1 / 60)
+    assert fused[2] == pytest.approx(1 / 61 + 1 / 60)
+    assert fused[3] == pytest.approx(1 / 61)
+    assert FUSIONS["dense"].fuse(dense, keyword, {}, SETTINGS) == dense
+    assert FUSIONS["bm25"].fuse(dense, keyword, {}, SETTINGS) == keyword
+    with pytest.raises(RagError, match="unknown fusion 'rfr'; one of convex, rrf, dense, bm25"):
+        get_fusion("rfr")
+
+
+def test_join_overlapping_drops_the_repeated_overlap():
+    a = "Bagging trains each tree on a bootstrap sample of the data."
+    b = "a bootstrap sample of the data. Then the trees vote."
+    assert join_overlapping([a, b]) == "Bagging trains each tree on a bootstrap sample of the data. Then the trees vote."
+    assert join_overlapping(["First part.", "Unrelated second part."]) == "First part.\n\nUnrelated second part."
+    assert join_overlapping([]) == ""
+
+
+def _chunk(section: str, section_no: int, text: str, position: int) -> tuple[int, Chunk]:
+    return position, Chunk("g", "Post", section, section_no, "https://x/#a", text, position, "")
+
+
+def test_section_text_adds_subsections_with_their_headings_while_they_fit():
+    members = [_chunk("Q1. Why?", 1, "Own text of the section.", 0),
+               _chunk("Q1. Why? > Detail", 2, "A subsection about details.", 1),
+               _chunk("Q1. Why? > More", 3, " ".join(["word"] * 50), 2)]
+    assert _section_text(members, 1, max_words=20) == ("Own text of the section.\n\n**Detail**\n\n"
+                                                       "A subsection about details.")
+    assert _section_text(members[:1], 1, max_words=20) == "Own text of the section."
+
+
+def test_follow_up_decision():
+    history = [("How do I pick k for k-means?", "Use the elbow method.")]
+    explicit = follow_up("and for DBSCAN?", history)
+    assert explicit and explicit.explicit and explicit.previous == history[0][0]
+    maybe = follow_up("is it expensive?", history)  # a pronoun: searched alone first, joined if not covered
+    assert maybe and not maybe.explicit
+    assert follow_up("How does a random forest estimate out-of-bag error for each training sample?", history) is None
+    assert follow_up("and for DBSCAN?", []) is None
+
+
+def test_history_and_k_validation():
+    assert check_history([["q", "a"]], 100) == [("q", "a")]
+    for bad in ([[1, 2]], [["only one"]], "not a list", [["q", "a", "b"]]):
+        with pytest.raises(QuestionError, match="JSON list of \\[question, answer\\] pairs"):
+            check_history(bad, 100)
+    with pytest.raises(QuestionError, match="turn 1's question is 101 characters long"):
+        check_history([["x" * 101, "a"]], 100)
+    assert check_k(None, 5) == 5 and check_k(0, 5) == 5 and check_k(3.0, 5) == 3
+    for bad in (-5, 21, 10**6, True, "3"):
+        with pytest.raises(QuestionError, match="whole number from 1 to 20"):
+            check_k(bad, 5)
+
+
+VOCAB = Vocabulary(["K-means assigns points to the nearest centroid. Xavier initialization keeps the variance "
+                    "of activations stable.", "Xavier initialization suits tanh. Adam adapts the learning rate."])
+
+
+def test_vocabulary_knows_the_posts_words_joined_up_and_inflected():
+    assert VOCAB.known("kmeans") and VOCAB.known("centroids") and VOCAB.known("activations")
+    assert not VOCAB.known("sourdough")
+    assert VOCAB.spelled_out("kmeans") == "k-means"
+    assert VOCAB.spelled_out("xaiver") == "xavier"  # one transposition from a word the posts use twice
+    assert VOCAB.spelled_out("lora") is None  # four letters: too short to guess
+    assert VOCAB.spelled_out("variance") is None  # already the posts' spelling
+
+
+def test_rare_unknown_words_name_what_the_posts_do_not_cover():
+    # everyday words the posts never use are not evidence of an uncovered topic; rare technical ones are
+    assert VOCAB.rare_unknown("lol is adam weird or gonna be ok") == []
+    assert VOCAB.rare_unknown("what does amsgrad fix in adam") == ["amsgrad"]
+    assert VOCAB.rare_unknown("xaiver (xavier) init (initialization) for kmeans") == []  # spelled out
+    assert VOCAB.rare_unknown("xaiver init") == ["xaiver", "init"]
+
+
+def test_spell_out_writes_the_posts_spelling_next_to_the_word():
+    assert spell_out("xaiver init for kmeans?", VOCAB) == "xaiver (xavier) init (initialization) for kmeans (k-means)?"
+    assert spell_out("what is adam", VOCAB) == "what is adam"
+
+
+def _passage(section: str, text: str, dense: float, heading: float) -> Passage:
+    return Passage("g", "Post", section, "https://x", "", text, text, 1.0, dense, heading)
+
+
+def test_coverage_features_and_model():
+    passages = [_passage("Adam", "Adam adapts the learning rate per parameter.", 0.7, 0.5),
+                _passage("Xavier", "Xavier initialization suits tanh.", 0.3, 0.1)]
+    f = features("how does adam adapt the learning rate", passages, VOCAB)
+    assert f["dense"] == 0.7 and f["heading"] == 0.5 and f["dense_gap"] == pytest.approx(0.4)
+    assert f["top_term_share"] == 1.0 and f["rare_unknown"] == 0.0
+    f = features("what does amsgrad fix", passages, VOCAB)
+    assert f["rare_unknown"] == 1.0 and f["rare_share"] == pytest.approx(1 / 2)
+    model = CoverageModel(["dense", "rare_unknown"], [0.5, 0.0], [0.1, 1.0], [2.0, -3.0], 0.0, 0.5)
+    assert model.probability({"dense": 0.5, "rare_unknown": 0.0}) == pytest.approx(0.5)
+    assert model.probability({"dense": 0.7, "rare_unknown": 0.0}) == pytest.approx(1 / (1 + math.exp(-4)))
+    assert model.probability({"dense": 0.7, "rare_unknown": 2.0}) < 0.5
+
+
+def test_a_coverage_model_fitted_on_other_signals_is_a_clear_error(tmp_path):
+    path = tmp_path / "coverage.json"
+    CoverageModel(["dense", "unknown_share"], [0, 0], [1, 1], [1, 1], 0.0, 0.5).save(path)
+    with pytest.raises(RagError, match="unknown_share.*rag calibrate"):
+        CoverageModel.load(path)
+    path.write_text("{not json")
+    with pytest.raises(RagError, match="unreadable"):
+        CoverageModel.load(path)
+    assert CoverageModel.load(tmp_path / "missing.json") is None
