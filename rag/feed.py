@@ -105,27 +105,64 @@ def _plain_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", soup.get_text("\n")).strip()
 
 
-def _read_source(source: str | Path) -> bytes:
+@dataclass(frozen=True)
+class Fetched:
+    """One read of a feed: its bytes (None when the server said 304 Not Modified) and the validators to send
+    next time (HTTP ETag / Last-Modified)."""
+    data: bytes | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def is_url(source: str | Path) -> bool:
+    return urlparse(str(source)).scheme.lower() in ("http", "https")
+
+
+def feed_path(source: str | Path) -> Path:
+    """The file a non-URL feed location names (a path or a file:// URL); other schemes are refused."""
     text = str(source)
     scheme = urlparse(text).scheme.lower()
-    if scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(text, timeout=30) as resp:
-                data = resp.read(MAX_FEED_BYTES + 1)
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise FeedError(f"cannot fetch feed {text}: {getattr(e, 'reason', e)}") from e
-    elif scheme in ("", "file") or re.match(r"^[a-zA-Z]:\\", text):
-        path = Path(urlparse(text).path if scheme == "file" else text)
-        if not path.is_file():
-            raise FeedError(f"feed file not found: {path}")
-        data = path.read_bytes()[: MAX_FEED_BYTES + 1]
-    else:
-        raise FeedError(f"unsupported feed location {text!r}: use a file path or an http(s) URL")
+    if scheme in ("", "file") or re.match(r"^[a-zA-Z]:\\", text):
+        return Path(urlparse(text).path if scheme == "file" else text)
+    raise FeedError(f"unsupported feed location {text!r}: use a file path or an http(s) URL")
+
+
+def fetch_url(url: str, etag: str | None = None, last_modified: str | None = None,
+              timeout: float = 30.0) -> Fetched:
+    """GET a feed URL, conditionally when validators from an earlier fetch are given."""
+    headers = {"User-Agent": "rag-feed-reader", "Accept-Encoding": "identity"}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            data = resp.read(MAX_FEED_BYTES + 1)
+            etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+    except urllib.error.HTTPError as e:
+        if e.code == 304:
+            return Fetched(None, etag, last_modified)
+        raise FeedError(f"cannot fetch feed {url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        raise FeedError(f"cannot fetch feed {url}: {getattr(e, 'reason', e)}") from e
+    return Fetched(_checked(data, url), etag, last_modified)
+
+
+def _checked(data: bytes, source: str) -> bytes:
     if len(data) > MAX_FEED_BYTES:
-        raise FeedError(f"feed {text} is larger than {MAX_FEED_BYTES // 2**20} MiB")
+        raise FeedError(f"feed {source} is larger than {MAX_FEED_BYTES // 2**20} MiB")
     if not data.strip():
-        raise FeedError(f"feed {text} is empty")
+        raise FeedError(f"feed {source} is empty")
     return data
+
+
+def _read_source(source: str | Path) -> bytes:
+    if is_url(source):
+        return fetch_url(str(source)).data
+    path = feed_path(source)
+    if not path.is_file():
+        raise FeedError(f"feed file not found: {path}")
+    return _checked(path.read_bytes()[: MAX_FEED_BYTES + 1], str(source))
 
 
 def _entry_date(entry) -> str:
