@@ -33,12 +33,21 @@ UNCHANGED = "the index was not changed"
 _WEB_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f<>\"`\\]+", re.IGNORECASE)
 # A valid multi-byte UTF-8 sequence: bytes that look like UTF-8 text, as opposed to a legacy single-byte encoding.
 _UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
-# Substack furniture that is not content: subscribe widgets, buttons, images, share/embeds.
-NOT_CONTENT = (
-    "script, style, noscript, iframe, form, button, input, svg, figure, img, picture, "
-    ".subscription-widget-wrap-editor, .subscription-widget, .button-wrapper, "
-    ".captioned-image-container, .image-link, .footnote-anchor"
-)
+# Substack furniture that is not content: subscribe widgets, buttons, images, share/embeds. Matched by hand
+# rather than with a CSS selector: soupsieve took 40% of the conversion time.
+NOT_CONTENT_TAGS = frozenset({"script", "style", "noscript", "iframe", "form", "button", "input", "svg", "figure",
+                              "img", "picture"})
+NOT_CONTENT_CLASSES = frozenset({"subscription-widget-wrap-editor", "subscription-widget", "button-wrapper",
+                                 "captioned-image-container", "image-link", "footnote-anchor"})
+
+
+def _is_furniture(tag) -> bool:
+    return tag.name in NOT_CONTENT_TAGS or not NOT_CONTENT_CLASSES.isdisjoint(tag.get("class") or ())
+
+
+def _drop_furniture(soup) -> None:
+    for el in soup.find_all(_is_furniture):
+        el.decompose()
 
 
 class FeedError(RagError):
@@ -82,8 +91,7 @@ def _latex(el) -> str:
 
 def html_to_markdown(html: str) -> str:
     soup = BeautifulSoup(html, "lxml")
-    for el in soup.select(NOT_CONTENT):
-        el.decompose()
+    _drop_furniture(soup)
     for heading in soup.find_all(re.compile(r"^h[1-6]$")):
         for inline in heading.find_all(["strong", "b", "em", "i"]):
             inline.unwrap()  # "### **Title**" would put asterisks into section names
@@ -100,8 +108,7 @@ def html_to_markdown(html: str) -> str:
 
 def _plain_text(html: str) -> str:
     soup = BeautifulSoup(html, "lxml")
-    for el in soup.select(NOT_CONTENT):
-        el.decompose()
+    _drop_furniture(soup)
     return re.sub(r"\n{3,}", "\n\n", soup.get_text("\n")).strip()
 
 
