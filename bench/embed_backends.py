@@ -11,11 +11,12 @@ other run is compared with it by cosine, chunk by chunk.
     python bench/embed_backends.py --imports             # import time of each library alone
     python bench/embed_backends.py --runs '' --quality torch:256:32 openvino:256:32 openvino:192:32 openvino:256:0
 
-A run is BACKEND:THREADS:BATCH[:unsorted]; BACKEND is torch or openvino (rag/embed_backends.py, what the
+A run is BACKEND:THREADS:BATCH[:FLAG]; BACKEND is torch or openvino (rag/embed_backends.py, what the
 product ships) or onnx / onnx-int8 (ONNX Runtime, fp32 graph with ORT's BERT fusions, optionally with
 int8 dynamically quantized MatMuls: defined here only, since they lost; they need
-`pip install -e '.[bench]'`). `unsorted` (torch only) feeds batches in chunk order instead of
-sentence-transformers' longest-first order. Exports go once into --cache (default bench/out/embed-cache).
+`pip install -e '.[bench]'`). FLAG `unsorted` (torch) feeds batches in chunk order instead of
+sentence-transformers' longest-first order, `bf16` (torch) runs under bfloat16 autocast, `f32` (openvino) forces
+fp32 inference where the CPU plugin would pick bfloat16. Exports go once into --cache (default bench/out/embed-cache).
 
 A quality spec is BACKEND:MAX_CHUNK_TOKENS:OVERLAP: a fresh process builds an index of the bundled feed with
 those settings in a temporary directory and runs the eval's retrieval row (rag.eval.evaluate.Evaluator,
@@ -223,7 +224,9 @@ def child(spec: str, texts_file: Path, size: str, vectors_out: Path, cache: Path
 
         torch.set_num_threads(threads)
     elif backend == "openvino":
-        import openvino  # noqa: F401
+        from rag.embed_backends import import_openvino
+
+        import_openvino()
     else:
         import onnxruntime  # noqa: F401
     t1 = time.perf_counter()
@@ -234,9 +237,19 @@ def child(spec: str, texts_file: Path, size: str, vectors_out: Path, cache: Path
         export_s = time.perf_counter() - marker
     t2 = time.perf_counter()
     model = load_bench_embedder(data["model_path"], backend, cache, threads=threads)
+    if "f32" in flags and backend == "openvino":  # OpenVINO's CPU plugin picks bf16 where the CPU has it
+        from rag.embed_backends import import_openvino
+
+        model._compiled = import_openvino().Core().compile_model(
+            str(model.export_dir / model.info["model_file"]), "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
     t3 = time.perf_counter()
 
     def run(items):
+        if "bf16" in flags and backend == "torch":  # torch's own bfloat16 path, for comparison
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.encode(items, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                                    show_progress_bar=False)
         if "unsorted" in flags:  # one encode per slice: sentence-transformers sorts only inside a slice
             return np.concatenate([model.encode(items[i:i + batch], batch_size=batch, normalize_embeddings=True,
                                                 convert_to_numpy=True, show_progress_bar=False)

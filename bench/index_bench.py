@@ -75,7 +75,8 @@ def child(index_dir: str, feed: str | None, rebuild: bool, preload: bool) -> dic
     t3 = time.perf_counter()
     out = {"imports_s": t1 - t0, "embedder_load_s": t2 - t1, "update_s": t3 - t2,
            "chunks_embedded": report.chunks_embedded, "chunks_total": report.chunks_total,
-           "added": len(report.added), "unchanged": len(report.unchanged), "generation": report.generation}
+           "added": len(report.added), "unchanged": len(report.unchanged), "generation": report.generation,
+           "torch_imported": "torch" in sys.modules}
     gen = settings.index_dir / (report.generation or "")
     if report.generation:
         out["files_bytes"] = {f.name: f.stat().st_size for f in gen.iterdir()}

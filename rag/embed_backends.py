@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -41,6 +42,17 @@ BACKENDS = ("torch", "openvino")
 EXPORT_VERSION = 2
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def import_openvino():
+    """OpenVINO with its usage telemetry off. Its converter would send events to a web analytics service
+    (openvino-telemetry counts a missing consent file as consent) and write under ~/intel; with the package
+    name mapped to None, `import openvino_telemetry` fails and OpenVINO uses its own no-op stub."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
 
 
 # ---------------------------------------------------------------------------------------------- model facts
@@ -100,8 +112,9 @@ def encoder_module(model_path: Path):
 
 def _convert_openvino(model_path: Path, out: Path) -> str:
     """torch module -> OpenVINO IR (fp32 weights; the CPU plugin picks its inference precision at load)."""
-    import openvino as ov
     import torch
+
+    ov = import_openvino()
 
     ids = torch.ones(2, 16, dtype=torch.long)
     with torch.no_grad():
@@ -240,10 +253,8 @@ class FastEmbedder:
 
 class OpenVINOEmbedder(FastEmbedder):
     def __init__(self, export_dir: Path, threads: int | None = None):
-        import openvino as ov
-
         super().__init__(export_dir, threads)
-        core = ov.Core()
+        core = import_openvino().Core()
         self._compiled = core.compile_model(str(self.export_dir / self.info["model_file"]), "CPU",
                                             {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"})
         self.precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))

@@ -219,3 +219,14 @@ def test_an_index_built_with_another_embed_backend_is_refused_with_a_clear_messa
         Index.open(settings.replace(embed_backend=other))
     result = run_rag("ask", "What is bagging?", "--index", str(settings.index_dir), env={"RAG_EMBED_BACKEND": other})
     assert result.returncode == 2 and "embed_backend" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_embed_backend_and_watch_interval_are_clear_settings_errors():
+    from rag.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="unknown embed backend 'onnx'; one of torch, openvino"):
+        load_settings(config="/nonexistent", embed_backend="onnx")
+    with pytest.raises(SettingsError, match="watch_interval must be above 0 seconds, not -1"):
+        load_settings(config="/nonexistent", watch_interval=-1.0)
+    result = run_rag("index", "--watch", "--interval", "0", "--index", "/nonexistent/index")
+    assert result.returncode == 2 and "watch_interval must be above 0" in result.stderr
