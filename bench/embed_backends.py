@@ -1,23 +1,29 @@
-"""Embedding backends for the packaged all-MiniLM-L6-v2 on this CPU: speed, start-up cost, memory, agreement.
+"""Embedding backends for the packaged all-MiniLM-L6-v2 on this CPU: speed, start-up cost, memory, agreement,
+and (with --quality) retrieval quality against chunk size and overlap.
 
 Every figure comes from a fresh `python` process (so import and load are those a `rag index` run pays),
-against the bundled corpus chunked as `rag.indexer._write` chunks it (Settings defaults: 421 chunks of at
-most 256 word pieces) and 50 questions of eval/dev.jsonl. The reference is sentence-transformers' torch
-backend, fp32, 2 threads, batch 32; every other run is compared with it by cosine, chunk by chunk.
+against the bundled corpus chunked as `rag.indexer._write` chunks it (Settings defaults) and 50 questions of
+eval/dev.jsonl. The reference is sentence-transformers' torch backend, fp32, 2 threads, batch 32; every
+other run is compared with it by cosine, chunk by chunk.
 
-    python bench/embed_backends.py                       # the default set (~10 min on 2 cores)
-    python bench/embed_backends.py --runs torch:2:32 onnx:2:32 onnx-int8:2:32
-    python bench/embed_backends.py --chunk-sizes 128 192 256 --runs torch:2:32 onnx-int8:2:32
+    python bench/embed_backends.py --runs torch:2:32 onnx:2:32 onnx-int8:2:32 openvino:2:32 --repeat 2
+    python bench/embed_backends.py --chunk-sizes 128 192 256 --runs torch:2:32 openvino:2:32
     python bench/embed_backends.py --imports             # import time of each library alone
-    python bench/embed_backends.py --repeat 3            # each run 3 times, fastest kept (shared machine)
+    python bench/embed_backends.py --runs '' --quality torch:256:32 openvino:256:32 openvino:192:32 openvino:256:0
 
-A run is BACKEND:THREADS:BATCH[:unsorted]; BACKEND is torch, onnx, onnx-int8 or openvino (see
-rag/embed_backends.py). `unsorted` (torch only) feeds batches in chunk order, padding each to its longest
-member, instead of sentence-transformers' longest-first order. ONNX/OpenVINO files are exported once into
---cache (default bench/out/embed-cache); the export time is reported the first time.
+A run is BACKEND:THREADS:BATCH[:FLAG]; BACKEND is torch or openvino (rag/embed_backends.py, what the
+product ships) or onnx / onnx-int8 (ONNX Runtime, fp32 graph with ORT's BERT fusions, optionally with
+int8 dynamically quantized MatMuls: defined here only, since they lost; they need
+`pip install -e '.[bench]'`). FLAG `unsorted` (torch) feeds batches in chunk order instead of
+sentence-transformers' longest-first order, `bf16` (torch) runs under bfloat16 autocast, `f32` (openvino) forces
+fp32 inference where the CPU plugin would pick bfloat16. Exports go once into --cache (default bench/out/embed-cache).
 
-Needs onnxruntime (and onnx for int8, openvino for openvino) beside the project's packages. Writes
-bench/out/embed_backends.json and prints a table.
+A quality spec is BACKEND:MAX_CHUNK_TOKENS:OVERLAP: a fresh process builds an index of the bundled feed with
+those settings in a temporary directory and runs the eval's retrieval row (rag.eval.evaluate.Evaluator,
+convex fusion, every question of --questions), printing hit@1, hit@5, MRR, chunks and word pieces embedded
+and the build time.
+
+Writes bench/out/embed_backends.json and prints a table.
 """
 
 from __future__ import annotations
@@ -34,10 +40,147 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-DEFAULT_RUNS = ["torch:2:32", "torch:1:32", "torch:2:16", "torch:2:64", "torch:2:32:unsorted",
-                "onnx:2:32", "onnx:1:32", "onnx-int8:2:32", "onnx-int8:1:32", "openvino:2:32"]
+DEFAULT_RUNS = ["torch:2:32", "torch:1:32", "onnx:2:32", "onnx-int8:2:32", "openvino:2:32", "openvino:1:32"]
 N_QUERIES = 50
 REFERENCE = "torch:2:32"
+
+
+# --------------------------------------------------------------------------------------------- ONNX Runtime
+# The routes that lost to OpenVINO (docs/embedding-backends.md), kept here so the comparison can be re-run.
+
+OPSET = 17
+
+
+def _onnx_fp32(model_path: Path, out: Path) -> str:
+    """BERT -> ONNX with torch's TorchScript exporter, then ORT's BERT fusions (attention, LayerNorm, GELU)."""
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from rag.embed_backends import encoder_module, model_facts
+
+    facts = model_facts(model_path)
+    ids = torch.ones(2, 16, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    raw = out / "model_raw.onnx"
+    with torch.no_grad():
+        torch.onnx.export(encoder_module(model_path), (ids, ids, torch.zeros_like(ids)), str(raw), dynamo=False,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["token_embeddings"], opset_version=OPSET,
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
+                                        "token_embeddings": axes})
+    opt = optimize_model(str(raw), model_type="bert", num_heads=facts["num_heads"],
+                         hidden_size=facts["hidden_size"], opt_level=1, use_gpu=False)
+    opt.save_model_to_file(str(out / "model.onnx"))
+    raw.unlink()
+    return "model.onnx"
+
+
+def _onnx_int8(model_path: Path, out: Path) -> str:
+    """The fp32 graph with MatMul/Gemm weights quantized to int8 per channel (activations per batch)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = out / _onnx_fp32(model_path, out)
+    # ORT's fused BERT ops (com.microsoft domain) have no shape inference: their outputs are fp32
+    quantize_dynamic(str(fp32), str(out / "model_int8.onnx"), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    fp32.unlink()
+    return "model_int8.onnx"
+
+
+def _ort_embedder(base):
+    class ORTEmbedder(base):
+        def __init__(self, export_dir, threads=None):
+            import onnxruntime as ort
+
+            super().__init__(export_dir, threads)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(str(self.export_dir / self.info["model_file"]), so,
+                                                 providers=["CPUExecutionProvider"])
+            self._inputs = {i.name for i in self._session.get_inputs()}
+
+        def _runner(self):
+            return lambda feeds: self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+
+    return ORTEmbedder
+
+
+BENCH_CONVERTERS = {"onnx": _onnx_fp32, "onnx-int8": _onnx_int8}
+
+
+def bench_export(model_path, backend, cache):
+    from rag.embed_backends import export
+
+    return export(model_path, backend, cache, converters=BENCH_CONVERTERS)
+
+
+def load_bench_embedder(model_path, backend, cache, threads):
+    from rag.embed_backends import FastEmbedder, load_fast_embedder
+
+    if backend in BENCH_CONVERTERS:
+        return _ort_embedder(FastEmbedder)(bench_export(model_path, backend, cache), threads)
+    return load_fast_embedder(model_path, backend, cache, threads=threads)
+
+
+# --------------------------------------------------------------------------------------------- quality
+
+def quality_child(spec: str, questions: str) -> dict:
+    """Build an index with BACKEND:MAX_TOKENS:OVERLAP (from the environment the parent set) and score retrieval."""
+    import tempfile
+
+    from rag.eval.evaluate import Evaluator, load_questions
+    from rag.eval.metrics import aggregate
+    from rag.indexer import update_index
+    from rag.settings import load_settings
+
+    settings = load_settings()
+    with tempfile.TemporaryDirectory(prefix="rag-quality-") as d:
+        settings = settings.replace(index_dir=Path(d) / "index")
+        t = time.perf_counter()
+        report = update_index(settings)
+        build_s = time.perf_counter() - t
+        from rag.chunking import Chunker
+        from rag.embedder import chunk_tokenizer, load_embedder
+        from rag.index import Index
+
+        count = Chunker(chunk_tokenizer(load_embedder(settings.embedder, settings.device,
+                                                      settings.embed_backend))).count
+        index = Index.open(settings)
+        pieces = sum(min(count(c.embed_text), 256) for c in index.all_chunks())  # the model reads at most 256
+        index.close()
+        qs = load_questions(questions)
+        t = time.perf_counter()
+        m = aggregate(Evaluator(settings, progress=False).retrieval_row(qs, "convex"))
+        return {"spec": spec, "chunks": report.chunks_total, "word_pieces": pieces, "build_s": build_s,
+                "retrieval_s": time.perf_counter() - t, "questions": len(qs),
+                **{k: m[k] for k in ("hit@1", "hit@3", "hit@5", "mrr", "ndcg@10", "evidence_recall@5")}}
+
+
+def run_quality(specs: list[str], questions: str) -> list[dict]:
+    rows = []
+    for spec in specs:
+        backend, size, overlap = spec.split(":")
+        env = {"RAG_EMBED_BACKEND": backend, "RAG_MAX_CHUNK_TOKENS": size, "RAG_CHUNK_OVERLAP_TOKENS": overlap}
+        res, wall = common.run_child([__file__, "--quality-child", spec, "--questions", questions], env=env)
+        res["wall_s"] = wall
+        rows.append(res)
+        print(f"quality {spec:20} chunks {res['chunks']:4d}  word pieces {res['word_pieces']:6d}  "
+              f"build {res['build_s']:5.1f}s  hit@1 {res['hit@1']:.3f}  hit@5 {res['hit@5']:.3f}  "
+              f"mrr {res['mrr']:.3f}  ndcg@10 {res['ndcg@10']:.3f}  ({res['questions']} questions)", flush=True)
+    return rows
+
+
+def quality_table(rows: list[dict]) -> str:
+    out = ["| backend:max tokens:overlap | chunks | word pieces embedded | build s | hit@1 | hit@3 | hit@5 | MRR "
+           "| nDCG@10 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['spec']} | {r['chunks']} | {r['word_pieces']} | {r['build_s']:.1f} | {r['hit@1']:.3f} | "
+                   f"{r['hit@3']:.3f} | {r['hit@5']:.3f} | {r['mrr']:.3f} | {r['ndcg@10']:.3f} |")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------- children
@@ -75,28 +218,38 @@ def child(spec: str, texts_file: Path, size: str, vectors_out: Path, cache: Path
     t_imp = time.perf_counter()
     import numpy as np
 
-    from rag.embed_backends import export, load_fast_embedder
-
     if backend == "torch":
         import sentence_transformers  # noqa: F401
         import torch
 
         torch.set_num_threads(threads)
     elif backend == "openvino":
-        import openvino  # noqa: F401
+        from rag.embed_backends import import_openvino
+
+        import_openvino()
     else:
         import onnxruntime  # noqa: F401
     t1 = time.perf_counter()
     export_s = None
     if backend != "torch":  # export (only the first time for this cache) is reported apart from loading
         marker = time.perf_counter()
-        export(data["model_path"], backend, cache)
+        bench_export(data["model_path"], backend, cache)
         export_s = time.perf_counter() - marker
     t2 = time.perf_counter()
-    model = load_fast_embedder(data["model_path"], backend, cache, threads=threads)
+    model = load_bench_embedder(data["model_path"], backend, cache, threads=threads)
+    if "f32" in flags and backend == "openvino":  # OpenVINO's CPU plugin picks bf16 where the CPU has it
+        from rag.embed_backends import import_openvino
+
+        model._compiled = import_openvino().Core().compile_model(
+            str(model.export_dir / model.info["model_file"]), "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
     t3 = time.perf_counter()
 
     def run(items):
+        if "bf16" in flags and backend == "torch":  # torch's own bfloat16 path, for comparison
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.encode(items, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                                    show_progress_bar=False)
         if "unsorted" in flags:  # one encode per slice: sentence-transformers sorts only inside a slice
             return np.concatenate([model.encode(items[i:i + batch], batch_size=batch, normalize_embeddings=True,
                                                 convert_to_numpy=True, show_progress_bar=False)
@@ -179,12 +332,19 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="256", help=argparse.SUPPRESS)
     p.add_argument("--vectors", help=argparse.SUPPRESS)
     p.add_argument("--make-texts", help=argparse.SUPPRESS)
+    p.add_argument("--quality", nargs="*", default=[], metavar="BACKEND:MAX_TOKENS:OVERLAP",
+                   help="build an index per spec and score retrieval on --questions")
+    p.add_argument("--questions", default="eval/dev.jsonl")
+    p.add_argument("--quality-child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.path.insert(0, str(common.ROOT))
     if a.child:
         common.emit(child(a.child, Path(a.texts), a.size, Path(a.vectors), Path(a.cache), a.warm))
+        return 0
+    if a.quality_child:
+        common.emit(quality_child(a.quality_child, a.questions))
         return 0
     if a.import_child:
         common.emit(import_child(a.import_child))
@@ -204,9 +364,10 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     texts_file = out_dir / "texts.json"
     sizes = sorted(set(a.chunk_sizes) | {256})
-    common.run_child([__file__, "--make-texts", str(texts_file), "--size", ",".join(map(str, sizes))])
-    data = json.loads(texts_file.read_text())
-    for size in sizes:
+    if any(a.runs):
+        common.run_child([__file__, "--make-texts", str(texts_file), "--size", ",".join(map(str, sizes))])
+        data = json.loads(texts_file.read_text())
+    for size in sizes if any(a.runs) else ():
         toks = data["tokens"][str(size)]
         print(f"max_chunk_tokens {size}: {len(toks)} chunks, {sum(toks)} word pieces, "
               f"mean {statistics.fmean(toks):.0f}, p50 {common.pct(toks, 50):.0f}, max {max(toks)}", flush=True)
@@ -226,8 +387,8 @@ def main(argv=None) -> int:
                   flush=True)
 
     refs = {}
-    specs = [REFERENCE] + [s for s in a.runs if s != REFERENCE]
-    for size in sizes:
+    specs = [REFERENCE] + [s for s in a.runs if s and s != REFERENCE] if any(a.runs) else []
+    for size in sizes if specs else ():
         for spec in specs:
             try:
                 res = run_spec(spec, str(size), texts_file, out_dir, Path(a.cache), a.warm, a.repeat)
@@ -250,9 +411,14 @@ def main(argv=None) -> int:
                   f"{res['query_cos_min']:.5f}  RSS {common.mib(res['peak_rss_bytes'])} MiB  "
                   f"CPU {res['cpu_s']:5.1f}s  torch {'yes' if res['torch_imported'] else 'no'}", flush=True)
 
+    if a.quality:
+        results["quality"] = run_quality(a.quality, a.questions)
     common.write_json(Path(a.out), results)
     print()
-    print(table(results))
+    if results["runs"]:
+        print(table(results))
+    if a.quality:
+        print(quality_table(results["quality"]))
     return 0
 
 

@@ -34,6 +34,10 @@ def machine_line(m: dict) -> str:
 
 
 def index_section(r: dict) -> str:
+    if "best" in r:  # bench/index_bench.py's current format: the tutorial pipeline in the same run
+        import index_bench
+
+        return index_bench.table(r)
     rows = []
     names = {"full_build": "full build (10 posts)", "no_change_update": "update, feed unchanged",
              "one_new_post_update": "update, 1 new post", "rebuild_11_posts": "`--rebuild` (11 posts)"}

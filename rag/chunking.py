@@ -12,7 +12,7 @@ from .feed import Post
 
 # Bump when the code makes different chunks from the same feed and settings (text, context, sections):
 # the manifest records it, so an index built by older code is refused with a rebuild hint, not served stale.
-CHUNKER_VERSION = 2
+CHUNKER_VERSION = 3  # 3: a post without a web link gives its chunks no link either (not "#§anchor")
 SEPARATORS = ["\n\n", "\n", ". ", "; ", ", ", " ", ""]
 
 
@@ -53,6 +53,14 @@ def anchor(heading: str) -> str:
     return "§" + re.sub(r"[\s-]+", "-", slug).strip("-")
 
 
+def section_url(post_url: str, post_title: str, path: list[str] | tuple[str, ...]) -> str:
+    """The link of a section: the post's, with the heading's anchor below the first heading; none without
+    a post link (rag.feed stores only http(s) links, so an anchor alone would point nowhere)."""
+    if not post_url or list(path) == [post_title]:
+        return post_url
+    return f"{post_url}#{anchor(path[-1])}"
+
+
 def sections(markdown: str) -> list[tuple[list[str], str]]:
     """(heading path, body) per section, in order; code blocks stay inside their section."""
     docs = ExperimentalMarkdownSyntaxTextSplitter(strip_headers=True).split_text(markdown + "\n")
@@ -67,20 +75,38 @@ def sections(markdown: str) -> list[tuple[list[str], str]]:
     return out
 
 
+def _raw_tokenizer(tokenizer):
+    """A `tokenizers.Tokenizer` without truncation or padding, from either that or a transformers fast
+    tokenizer (its backend): counting with it directly costs a fraction of going through transformers."""
+    from tokenizers import Tokenizer
+
+    raw = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if not isinstance(raw, Tokenizer):
+        raise TypeError(f"the chunker needs a fast (Rust) tokenizer, not {type(tokenizer).__name__}")
+    raw = Tokenizer.from_str(raw.to_str())  # a copy: the owner may switch truncation on and off
+    raw.no_truncation()
+    raw.no_padding()
+    return raw
+
+
 class Chunker:
     def __init__(self, tokenizer, max_tokens: int = 256, overlap: int = 32, min_tokens: int = 48):
-        self.tokenizer = tokenizer
+        self.tokenizer = _raw_tokenizer(tokenizer)
         self.max_tokens = max_tokens
         self.overlap = overlap
         self.min_tokens = min_tokens
 
     def count(self, text: str) -> int:
         """Tokens the embedder sees, special tokens included."""
-        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        return len(self.tokenizer.encode(text, add_special_tokens=True).ids)
+
+    def _pieces(self, text: str) -> int:
+        """Word pieces without special tokens: what langchain's from_huggingface_tokenizer counts."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def _split(self, body: str, budget: int) -> list[str]:
-        splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
-            self.tokenizer, chunk_size=budget, chunk_overlap=min(self.overlap, budget // 4),
+        splitter = RecursiveCharacterTextSplitter(
+            length_function=self._pieces, chunk_size=budget, chunk_overlap=min(self.overlap, budget // 4),
             separators=SEPARATORS, keep_separator="end")
         return [p.strip() for p in splitter.split_text(body) if p.strip()]
 
@@ -102,16 +128,15 @@ class Chunker:
             pieces += [(section_no, path, p) for p in self._fit(self._prefix(post.title, path), body)]
         pieces = self._merge_orphans(post.title, pieces)
         return [
-            Chunk(post.guid, post.title, " > ".join(path), no,
-                  post.url if path == [post.title] else f"{post.url}#{anchor(path[-1])}", text, i,
+            Chunk(post.guid, post.title, " > ".join(path), no, section_url(post.url, post.title, path), text, i,
                   self._prefix(post.title, path))
             for i, (no, path, text) in enumerate(pieces)
         ]
 
     def _clip(self, text: str, tokens: int) -> str:
         """The start of `text`, at most `tokens` embedder tokens, cut at a token boundary."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return text if len(enc["input_ids"]) <= tokens else text[: enc["offset_mapping"][tokens - 1][1]]
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        return text if len(enc.ids) <= tokens else text[: enc.offsets[tokens - 1][1]]
 
     def _prefix(self, title: str, path: list[str]) -> str:
         """Title and headings are context, not content: clipped so they never eat the passage's budget."""

@@ -22,8 +22,25 @@ def _index(args, settings) -> int:
     if args.status:
         print(json.dumps(stats(Index.open(settings)), indent=2))
         return 0
+    if args.watch:
+        return _watch(args, settings)
     report = update_index(settings, feed=args.feed, rebuild=args.rebuild, remove=tuple(args.remove or ()))
     print(report.summary())
+    return 0
+
+
+def _watch(args, settings) -> int:
+    """`rag index --watch`: keep the index up to date with the feed until interrupted, one line per check."""
+    from .watch import FeedWatcher
+
+    if args.rebuild or args.remove:
+        raise RagError("--watch cannot be combined with --rebuild or --remove")
+
+    def show(status):
+        print(status.message, flush=True)
+
+    settings = settings.replace(watch_interval=args.interval)  # validated like any setting
+    FeedWatcher(settings, feed=args.feed, on_status=show).run()
     return 0
 
 
@@ -161,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="re-embed everything (keeps posts missing from the feed)")
     p.add_argument("--remove", metavar="GUID", action="append", help="remove a post from the index on purpose")
     p.add_argument("--status", action="store_true", help="show posts, chunks, build time and manifest")
+    p.add_argument("--watch", action="store_true",
+                   help="keep polling the feed and update the index when it changes (Ctrl-C stops)")
+    p.add_argument("--interval", type=float, metavar="SECONDS",
+                   help="with --watch: seconds between polls (default: the watch_interval setting)")
     p.set_defaults(run=_index)
 
     p = sub.add_parser("ask", parents=[common], help="answer a question from the posts")

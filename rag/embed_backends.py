@@ -1,22 +1,20 @@
-"""Faster CPU embedding for the packaged sentence-transformers model: ONNX Runtime or OpenVINO, no torch at run time.
+"""A faster CPU path for the packaged sentence-transformers model: OpenVINO, without torch at run time.
 
-`load_fast_embedder(model_path, backend, cache_dir)` returns an object that quacks like the parts of
+`load_fast_embedder(model_path, backend, cache_dir)` returns an object that has the parts of
 `SentenceTransformer` that `rag` uses: `.encode(texts, batch_size, normalize_embeddings=True,
 convert_to_numpy=True, show_progress_bar=...)`, `.tokenizer` (a transformers fast tokenizer, loaded on first
-use, so a process that only embeds queries never imports transformers) and `.get_embedding_dimension()`.
+use, so a process that only embeds never imports transformers), `.backend_tokenizer` (the `tokenizers`
+tokenizer the chunker counts with) and `.get_embedding_dimension()`.
 
-The ONNX graph is exported once from the local weights (torch + transformers, which `rag` already depends
-on) into `cache_dir`, atomically (a temporary directory renamed into place), and loaded from there on every
-later call; nothing is fetched from a hub. Backends:
+The OpenVINO model is converted once from the local weights (torch + transformers, which `rag` already
+depends on; no ONNX file in between) into `cache_dir`, atomically (a temporary directory renamed into
+place), and read from there on every later load; nothing is fetched from a hub. Backends:
 
-  torch        sentence-transformers as today (the reference)
-  onnx         ONNX Runtime, fp32 graph with ORT's BERT fusions (attention, LayerNorm, GELU); cosine ~1.0
-  onnx-int8    the same graph, weights dynamically quantized to int8 (MatMul/Gemm); faster, cosine ~0.99
-  openvino     OpenVINO runtime compiling the fp32 ONNX graph
-
-Why not `SentenceTransformer(path, backend="onnx" | "openvino")`: those go through optimum-onnx (needs
-transformers<4.58) and optimum-intel (needs transformers<5.6), neither installable beside transformers 5.25;
-and sentence-transformers imports torch anyway, which is most of the start-up cost (docs/embedding-backends.md).
+  torch      sentence-transformers as before (the reference)
+  openvino   OpenVINO's CPU plugin. On CPUs with bfloat16 units (AVX512-BF16 / AMX) it runs the matrix
+             products in bfloat16 by its own default; elsewhere in fp32. Either way the vectors agree with
+             torch's to a cosine of 0.9999 or more (docs/embedding-backends.md has the measurements, and
+             the ONNX Runtime fp32/int8 routes that lost to it).
 
 Only the architecture the packaged model has is handled: a BERT encoder with mean pooling (and, for the
 modules.json the model ships, normalisation), as sentence-transformers/all-MiniLM-L6-v2 is.
@@ -29,7 +27,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,16 +37,27 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
-# Bump when the exported files would differ for the same weights (export code, opset, fusion options).
-EXPORT_VERSION = 1
-OPSET = 17
+BACKENDS = ("torch", "openvino")
+# Bump when the exported files would differ for the same weights (conversion code, options).
+EXPORT_VERSION = 2
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def import_openvino():
+    """OpenVINO with its usage telemetry off. Its converter would send events to a web analytics service
+    (openvino-telemetry counts a missing consent file as consent) and write under ~/intel; with the package
+    name mapped to None, `import openvino_telemetry` fails and OpenVINO uses its own no-op stub."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
 
 
 # ---------------------------------------------------------------------------------------------- model facts
 
-def _model_facts(model_path: Path) -> dict:
+def model_facts(model_path: Path) -> dict:
     """What the export depends on: pooling, max length, hidden size; refuses what this module cannot do."""
     config = json.loads((model_path / "config.json").read_text())
     if config.get("model_type") != "bert":
@@ -68,9 +79,9 @@ def _model_facts(model_path: Path) -> dict:
             "normalize": "Normalize" in kinds}
 
 
-def _cache_key(model_path: Path, backend: str) -> str:
+def cache_key(model_path: Path, backend: str) -> str:
     """Cheap to compute on every load (no hashing of the 90 MB weights): path, sizes and mtimes, configs."""
-    h = hashlib.sha256(f"v{EXPORT_VERSION} opset{OPSET} {backend} {model_path.resolve()}".encode())
+    h = hashlib.sha256(f"v{EXPORT_VERSION} {backend} {model_path.resolve()}".encode())
     for f in sorted(model_path.glob("*")):
         if f.is_file():
             st = f.stat()
@@ -80,15 +91,15 @@ def _cache_key(model_path: Path, backend: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- export
 
-def _export_fp32(model_path: Path, out: Path) -> Path:
-    """BERT -> ONNX (token embeddings), dynamic batch and sequence axes, with torch's TorchScript exporter."""
+def encoder_module(model_path: Path):
+    """The BERT encoder as a torch module of (input_ids, attention_mask, token_type_ids) -> token embeddings."""
     import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(model_path), attn_implementation="eager").eval()
+    bert = AutoModel.from_pretrained(str(model_path), attn_implementation="eager").eval()
 
     class Encoder(torch.nn.Module):
-        def __init__(self, bert):
+        def __init__(self):
             super().__init__()
             self.bert = bert
 
@@ -96,61 +107,39 @@ def _export_fp32(model_path: Path, out: Path) -> Path:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids).last_hidden_state
 
+    return Encoder()
+
+
+def _convert_openvino(model_path: Path, out: Path) -> str:
+    """torch module -> OpenVINO IR (fp32 weights; the CPU plugin picks its inference precision at load)."""
+    import torch
+
+    ov = import_openvino()
+
     ids = torch.ones(2, 16, dtype=torch.long)
-    path = out / "model_raw.onnx"
-    axes = {0: "batch", 1: "sequence"}
     with torch.no_grad():
-        kwargs = dict(input_names=["input_ids", "attention_mask", "token_type_ids"],
-                      output_names=["token_embeddings"], opset_version=OPSET,
-                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                                    "token_embeddings": axes})
-        try:
-            torch.onnx.export(Encoder(model), (ids, ids, torch.zeros_like(ids)), str(path), dynamo=False, **kwargs)
-        except TypeError:  # an older torch without the dynamo switch
-            torch.onnx.export(Encoder(model), (ids, ids, torch.zeros_like(ids)), str(path), **kwargs)
-    return path
+        model = ov.convert_model(encoder_module(model_path), example_input=(ids, ids, torch.zeros_like(ids)),
+                                 input=[(name, [-1, -1], ov.Type.i64) for name in _INPUTS])
+    ov.save_model(model, str(out / "openvino_model.xml"), compress_to_fp16=False)
+    return "openvino_model.xml"
 
 
-def _optimize(raw: Path, out: Path, facts: dict) -> Path:
-    """ORT's BERT fusions, saved so later loads skip them (ORT_ENABLE_ALL graph opts also run at load)."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    opt = optimize_model(str(raw), model_type="bert", num_heads=facts["num_heads"],
-                         hidden_size=facts["hidden_size"], opt_level=1, use_gpu=False)
-    path = out / "model.onnx"
-    opt.save_model_to_file(str(path))
-    return path
+CONVERTERS = {"openvino": _convert_openvino}
 
 
-def _quantize(fp32: Path, out: Path) -> Path:
-    """Dynamic int8: weights quantized per channel ahead of time, activations per batch at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    path = out / "model_int8.onnx"
-    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
-    return path
-
-
-def _openvino_ir(fp32: Path, out: Path) -> Path:
-    import openvino as ov
-
-    path = out / "openvino_model.xml"
-    ov.save_model(ov.convert_model(str(fp32)), str(path), compress_to_fp16=False)
-    return path
-
-
-def export(model_path: str | Path, backend: str, cache_dir: str | Path) -> Path:
+def export(model_path: str | Path, backend: str, cache_dir: str | Path, converters: dict | None = None) -> Path:
     """The directory holding `backend`'s files for this model, exported into `cache_dir` if missing.
 
     Safe when several processes race: each exports into its own temporary directory and renames it into
-    place; the loser removes its copy and uses the winner's."""
-    if backend not in BACKENDS[1:]:
-        raise ValueError(f"no export for backend {backend!r}; choose one of {', '.join(BACKENDS[1:])}")
+    place; the loser removes its copy and uses the winner's. `converters` lets the benchmark add backends
+    that the product does not ship (ONNX Runtime)."""
+    converters = {**CONVERTERS, **(converters or {})}
+    if backend not in converters:
+        raise ValueError(f"no export for backend {backend!r}; choose one of {', '.join(converters)}")
     model_path = Path(model_path)
     cache_dir = Path(cache_dir)
-    facts = _model_facts(model_path)
-    final = cache_dir / f"{model_path.name}-{backend}-{_cache_key(model_path, backend)}"
+    facts = model_facts(model_path)
+    final = cache_dir / f"{model_path.name}-{backend}-{cache_key(model_path, backend)}"
     if (final / "export.json").exists():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -160,23 +149,13 @@ def export(model_path: str | Path, backend: str, cache_dir: str | Path) -> Path:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the cache may be shared
     try:
         start = time.perf_counter()
-        log.info("exporting %s for backend %s into %s (once)", model_path, backend, final)
-        fp32 = _optimize(_export_fp32(model_path, tmp), tmp, facts)
-        (tmp / "model_raw.onnx").unlink()
-        if backend == "onnx-int8":
-            model_file = _quantize(fp32, tmp)
-            fp32.unlink()
-        elif backend == "openvino":
-            model_file = _openvino_ir(fp32, tmp)
-            fp32.unlink()
-        else:
-            model_file = fp32
+        log.info("converting the embedder %s for %s into %s (once; about 15 s)", model_path, backend, final)
+        model_file = converters[backend](model_path, tmp)
         for name in _TOKENIZER_FILES:
             if (model_path / name).exists():
                 shutil.copy2(model_path / name, tmp / name)
-        info = {"source": str(model_path.resolve()), "backend": backend, "model_file": model_file.name,
-                "export_version": EXPORT_VERSION, "opset": OPSET, "seconds": round(time.perf_counter() - start, 2),
-                **facts}
+        info = {"source": str(model_path.resolve()), "backend": backend, "model_file": model_file,
+                "export_version": EXPORT_VERSION, "seconds": round(time.perf_counter() - start, 2), **facts}
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")  # last: marks a complete export
         try:
             os.rename(tmp, final)
@@ -191,43 +170,39 @@ def export(model_path: str | Path, backend: str, cache_dir: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------- run time
 
 class FastEmbedder:
-    """Tokenize with `tokenizers`, run the encoder graph, mean-pool and normalise in numpy."""
+    """Tokenize with `tokenizers`, run the encoder graph, mean-pool and normalise in numpy.
 
-    def __init__(self, export_dir: Path, backend: str, threads: int | None = None):
+    Subclasses say how to run the graph (`_runner`); each thread gets its own runner, so the chat's
+    queries and a feed-watch update can embed at the same time."""
+
+    def __init__(self, export_dir: Path, threads: int | None = None):
         from tokenizers import Tokenizer
 
         self.export_dir = Path(export_dir)
-        self.backend = backend
         self.info = json.loads((self.export_dir / "export.json").read_text())
+        self.backend = self.info["backend"]
         self.max_seq_length = self.info["max_seq_length"]
+        self.backend_tokenizer = Tokenizer.from_file(str(self.export_dir / "tokenizer.json"))
         self._tok = Tokenizer.from_file(str(self.export_dir / "tokenizer.json"))
         self._tok.enable_truncation(max_length=self.max_seq_length)
         self._tok.no_padding()  # padded per batch below, to the longest text of the batch
         self._tokenizer = None
-        threads = threads or int(os.environ.get("RAG_EMBED_THREADS", 0)) or os.cpu_count() or 1
-        model_file = str(self.export_dir / self.info["model_file"])
-        if backend == "openvino":
-            import openvino as ov
+        self.threads = threads or int(os.environ.get("RAG_EMBED_THREADS", 0)) or os.cpu_count() or 1
+        self._local = threading.local()
 
-            core = ov.Core()
-            compiled = core.compile_model(model_file, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                              "PERFORMANCE_HINT": "LATENCY"})
-            self._request = compiled.create_infer_request()
-            self._run = self._run_openvino
-        else:
-            import onnxruntime as ort
+    def _runner(self):
+        """A callable {input name: int64 array} -> token embeddings [batch, sequence, hidden]."""
+        raise NotImplementedError
 
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._session = ort.InferenceSession(model_file, so, providers=["CPUExecutionProvider"])
-            self._inputs = {i.name for i in self._session.get_inputs()}
-            self._run = self._run_ort
+    def _run(self, feeds: dict) -> np.ndarray:
+        run = getattr(self._local, "run", None)
+        if run is None:
+            run = self._local.run = self._runner()
+        return run(feeds)
 
     @property
     def tokenizer(self):
-        """A transformers tokenizer (what `rag.chunking.Chunker` and langchain's splitter need), on first use."""
+        """A transformers tokenizer (what code written for SentenceTransformer expects), on first use."""
         if self._tokenizer is None:
             from transformers import PreTrainedTokenizerFast
 
@@ -239,12 +214,6 @@ class FastEmbedder:
         return self.info["hidden_size"]
 
     get_sentence_embedding_dimension = get_embedding_dimension
-
-    def _run_ort(self, feeds: dict) -> np.ndarray:
-        return self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-
-    def _run_openvino(self, feeds: dict) -> np.ndarray:
-        return self._request.infer(feeds)[0]
 
     def _batch(self, encs: list) -> np.ndarray:
         width = max(len(e.ids) for e in encs)
@@ -271,7 +240,7 @@ class FastEmbedder:
         if show_progress_bar:
             from tqdm import tqdm
 
-            starts = tqdm(starts, desc="Batches")
+            starts = tqdm(starts, desc="embedding", unit="batch")
         for s in starts:
             idx = order[s:s + batch_size]
             out[idx] = self._batch([encs[i] for i in idx])
@@ -282,10 +251,28 @@ class FastEmbedder:
         return out[0] if single else out
 
 
-def load_fast_embedder(model_path: str, backend: str, cache_dir: Path, threads: int | None = None):
-    """An embedder for `backend` ("torch", "onnx", "onnx-int8", "openvino"), exporting once into cache_dir."""
+class OpenVINOEmbedder(FastEmbedder):
+    def __init__(self, export_dir: Path, threads: int | None = None):
+        super().__init__(export_dir, threads)
+        core = import_openvino().Core()
+        self._compiled = core.compile_model(str(self.export_dir / self.info["model_file"]), "CPU",
+                                            {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"})
+        self.precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def _runner(self):
+        request = self._compiled.create_infer_request()
+        return lambda feeds: request.infer(feeds)[0]
+
+
+RUNTIMES = {"openvino": OpenVINOEmbedder}
+
+
+def load_fast_embedder(model_path: str | Path, backend: str, cache_dir: str | Path, threads: int | None = None):
+    """An embedder for `backend` ("torch" or "openvino"), exporting once into cache_dir."""
     if backend == "torch":
         from sentence_transformers import SentenceTransformer
 
         return SentenceTransformer(str(model_path), device="cpu")
-    return FastEmbedder(export(model_path, backend, cache_dir), backend, threads)
+    if backend not in RUNTIMES:
+        raise ValueError(f"unknown embed backend {backend!r}; one of {', '.join(BACKENDS)}")
+    return RUNTIMES[backend](export(model_path, backend, cache_dir), threads)

@@ -33,12 +33,21 @@ UNCHANGED = "the index was not changed"
 _WEB_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f<>\"`\\]+", re.IGNORECASE)
 # A valid multi-byte UTF-8 sequence: bytes that look like UTF-8 text, as opposed to a legacy single-byte encoding.
 _UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
-# Substack furniture that is not content: subscribe widgets, buttons, images, share/embeds.
-NOT_CONTENT = (
-    "script, style, noscript, iframe, form, button, input, svg, figure, img, picture, "
-    ".subscription-widget-wrap-editor, .subscription-widget, .button-wrapper, "
-    ".captioned-image-container, .image-link, .footnote-anchor"
-)
+# Substack furniture that is not content: subscribe widgets, buttons, images, share/embeds. Matched by hand
+# rather than with a CSS selector: soupsieve took 40% of the conversion time.
+NOT_CONTENT_TAGS = frozenset({"script", "style", "noscript", "iframe", "form", "button", "input", "svg", "figure",
+                              "img", "picture"})
+NOT_CONTENT_CLASSES = frozenset({"subscription-widget-wrap-editor", "subscription-widget", "button-wrapper",
+                                 "captioned-image-container", "image-link", "footnote-anchor"})
+
+
+def _is_furniture(tag) -> bool:
+    return tag.name in NOT_CONTENT_TAGS or not NOT_CONTENT_CLASSES.isdisjoint(tag.get("class") or ())
+
+
+def _drop_furniture(soup) -> None:
+    for el in soup.find_all(_is_furniture):
+        el.decompose()
 
 
 class FeedError(RagError):
@@ -82,8 +91,7 @@ def _latex(el) -> str:
 
 def html_to_markdown(html: str) -> str:
     soup = BeautifulSoup(html, "lxml")
-    for el in soup.select(NOT_CONTENT):
-        el.decompose()
+    _drop_furniture(soup)
     for heading in soup.find_all(re.compile(r"^h[1-6]$")):
         for inline in heading.find_all(["strong", "b", "em", "i"]):
             inline.unwrap()  # "### **Title**" would put asterisks into section names
@@ -100,32 +108,68 @@ def html_to_markdown(html: str) -> str:
 
 def _plain_text(html: str) -> str:
     soup = BeautifulSoup(html, "lxml")
-    for el in soup.select(NOT_CONTENT):
-        el.decompose()
+    _drop_furniture(soup)
     return re.sub(r"\n{3,}", "\n\n", soup.get_text("\n")).strip()
 
 
-def _read_source(source: str | Path) -> bytes:
+@dataclass(frozen=True)
+class Fetched:
+    """One read of a feed: its bytes (None when the server said 304 Not Modified) and the validators to send
+    next time (HTTP ETag / Last-Modified)."""
+    data: bytes | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def is_url(source: str | Path) -> bool:
+    return urlparse(str(source)).scheme.lower() in ("http", "https")
+
+
+def feed_path(source: str | Path) -> Path:
+    """The file a non-URL feed location names (a path or a file:// URL); other schemes are refused."""
     text = str(source)
     scheme = urlparse(text).scheme.lower()
-    if scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(text, timeout=30) as resp:
-                data = resp.read(MAX_FEED_BYTES + 1)
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise FeedError(f"cannot fetch feed {text}: {getattr(e, 'reason', e)}") from e
-    elif scheme in ("", "file") or re.match(r"^[a-zA-Z]:\\", text):
-        path = Path(urlparse(text).path if scheme == "file" else text)
-        if not path.is_file():
-            raise FeedError(f"feed file not found: {path}")
-        data = path.read_bytes()[: MAX_FEED_BYTES + 1]
-    else:
-        raise FeedError(f"unsupported feed location {text!r}: use a file path or an http(s) URL")
+    if scheme in ("", "file") or re.match(r"^[a-zA-Z]:\\", text):
+        return Path(urlparse(text).path if scheme == "file" else text)
+    raise FeedError(f"unsupported feed location {text!r}: use a file path or an http(s) URL")
+
+
+def fetch_url(url: str, etag: str | None = None, last_modified: str | None = None,
+              timeout: float = 30.0) -> Fetched:
+    """GET a feed URL, conditionally when validators from an earlier fetch are given."""
+    headers = {"User-Agent": "rag-feed-reader", "Accept-Encoding": "identity"}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            data = resp.read(MAX_FEED_BYTES + 1)
+            etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+    except urllib.error.HTTPError as e:
+        if e.code == 304:
+            return Fetched(None, etag, last_modified)
+        raise FeedError(f"cannot fetch feed {url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        raise FeedError(f"cannot fetch feed {url}: {getattr(e, 'reason', e)}") from e
+    return Fetched(_checked(data, url), etag, last_modified)
+
+
+def _checked(data: bytes, source: str) -> bytes:
     if len(data) > MAX_FEED_BYTES:
-        raise FeedError(f"feed {text} is larger than {MAX_FEED_BYTES // 2**20} MiB")
+        raise FeedError(f"feed {source} is larger than {MAX_FEED_BYTES // 2**20} MiB")
     if not data.strip():
-        raise FeedError(f"feed {text} is empty")
+        raise FeedError(f"feed {source} is empty")
     return data
+
+
+def _read_source(source: str | Path) -> bytes:
+    if is_url(source):
+        return fetch_url(str(source)).data
+    path = feed_path(source)
+    if not path.is_file():
+        raise FeedError(f"feed file not found: {path}")
+    return _checked(path.read_bytes()[: MAX_FEED_BYTES + 1], str(source))
 
 
 def _entry_date(entry) -> str:

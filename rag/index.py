@@ -63,6 +63,7 @@ def manifest_for(settings: Settings, dimension: int, posts: int, chunks: int, ge
     return {
         "schema_version": SCHEMA_VERSION,
         "embedder": settings.embedder,
+        "embed_backend": settings.embed_backend,
         "dimension": dimension,
         "chunking": chunking_settings(settings),
         "faiss_index": kind,
@@ -96,9 +97,9 @@ def chunking_settings(settings: Settings) -> dict:
 def mismatches(manifest: dict, settings: Settings) -> list[str]:
     """What differs between how an index was built and how it is configured now."""
     wanted = {"schema_version": SCHEMA_VERSION, "embedder": settings.embedder,
-              "chunking": chunking_settings(settings)}
-    return [f"{k}: index has {manifest.get(k)!r}, settings want {v!r}" for k, v in wanted.items()
-            if manifest.get(k) != v]
+              "embed_backend": settings.embed_backend, "chunking": chunking_settings(settings)}
+    built = {**manifest, "embed_backend": manifest.get("embed_backend", "torch")}  # older indexes: torch
+    return [f"{k}: index has {built.get(k)!r}, settings want {v!r}" for k, v in wanted.items() if built.get(k) != v]
 
 
 def keyword_query(text: str) -> str:

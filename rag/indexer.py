@@ -15,7 +15,7 @@ from .errors import RagError
 from .feed import Post, read_feed
 from .index import (GenerationWriter, Index, IndexUnavailable, _checkpoint, current_generation,
                     prune_generations, read_posts)
-from .embedder import embed, load_embedder
+from .embedder import chunk_tokenizer, embed, load_embedder
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,21 +78,32 @@ def _lock(settings: Settings) -> FileLock:
 
 
 def update_index(settings: Settings, feed: str | Path | None = None, rebuild: bool = False,
-                 remove: tuple[str, ...] = ()) -> UpdateReport:
+                 remove: tuple[str, ...] = (), posts: list[Post] | None = None) -> UpdateReport:
+    """Bring the index up to date with the feed (a path or URL; default: the settings' feed), or with
+    `posts` already read from one (rag.watch fetches and parses the feed itself)."""
     settings.index_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(settings)
     try:
         prune_generations(settings.index_dir)  # also clears what a killed run left behind
-        return _update(settings, feed, rebuild, remove)
+        return _update(settings, feed, rebuild, remove, posts)
     finally:
         lock.release()
 
 
-def _update(settings: Settings, feed, rebuild: bool, remove: tuple[str, ...]) -> UpdateReport:
+def _feed_posts(settings: Settings, feed, remove: tuple[str, ...], posts: list[Post] | None) -> dict[str, Post]:
+    if posts is not None:
+        return {p.guid: p for p in posts}
+    if remove and feed is None:
+        return {}
+    return {p.guid: p for p in read_feed(feed or settings.feed, max_item_chars=settings.max_item_chars)}
+
+
+def _update(settings: Settings, feed, rebuild: bool, remove: tuple[str, ...], posts: list[Post] | None
+            ) -> UpdateReport:
     start = time.perf_counter()
     stored = _stored_posts(settings, rebuild)
     old = _open_old(settings, rebuild)
-    feed_posts = {} if remove and feed is None else {p.guid: p for p in read_feed(feed or settings.feed)}
+    feed_posts = _feed_posts(settings, feed, remove, posts)
     unknown = [g for g in remove if g not in stored and g not in feed_posts]
     if unknown:
         raise IndexUnavailable(f"no post with guid {', '.join(unknown)} in the index")
@@ -125,8 +136,8 @@ def _update(settings: Settings, feed, rebuild: bool, remove: tuple[str, ...]) ->
 
 
 def _write(settings: Settings, old: Index | None, to_copy: list[Post], to_embed: list[Post]):
-    model = load_embedder(settings.embedder, settings.device)
-    chunker = Chunker(model.tokenizer, settings.max_chunk_tokens, settings.chunk_overlap_tokens,
+    model = load_embedder(settings.embedder, settings.device, settings.embed_backend)
+    chunker = Chunker(chunk_tokenizer(model), settings.max_chunk_tokens, settings.chunk_overlap_tokens,
                       settings.min_chunk_tokens)
     chunks: list[Chunk] = []
     for post in tqdm(to_embed, desc="chunking", unit="post", disable=not to_embed):

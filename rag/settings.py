@@ -34,7 +34,12 @@ class Settings:
     generator: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"  # packaged; "SmolLM2-135M-Instruct" for small machines
     device: str = "cpu"
     embed_batch_size: int = 32
+    embed_backend: str = "openvino"  # one of rag.embed_backends.BACKENDS; recorded in the index manifest
     ann_threshold: int = 200_000  # vectors; past this an approximate FAISS index replaces the exact one
+
+    # feed
+    max_item_chars: int = 2_000_000  # characters of one item's HTML; a bigger item is skipped with a warning
+    watch_interval: float = 300.0  # seconds between polls of the feed by `rag index --watch` (rag.watch)
 
     # chunking, in embedder tokens (all-MiniLM-L6-v2 truncates at 256 word pieces)
     max_chunk_tokens: int = 256
@@ -74,16 +79,20 @@ class Settings:
 
     def validate(self) -> None:
         """Values a run would trip over later, refused now with the choices."""
+        from .embed_backends import BACKENDS
         from .fusion import FUSIONS
         from .modes import MODES
 
-        for name, value, choices in (("answer_mode", self.answer_mode, MODES), ("fusion", self.fusion, FUSIONS)):
+        for name, value, choices in (("answer_mode", self.answer_mode, MODES), ("fusion", self.fusion, FUSIONS),
+                                     ("embed_backend", self.embed_backend, BACKENDS)):
             if value not in choices:
                 raise SettingsError(f"unknown {name.replace('_', ' ')} {value!r}; one of {', '.join(choices)}")
         for name in ("top_k", "candidates", "max_new_tokens", "max_question_chars", "context_tokens",
-                     "max_chunk_tokens", "embed_batch_size", "port"):
+                     "max_chunk_tokens", "embed_batch_size", "port", "max_item_chars"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting {name} must be at least 1, not {getattr(self, name)}")
+        if self.watch_interval <= 0:
+            raise SettingsError(f"setting watch_interval must be above 0 seconds, not {self.watch_interval}")
         for name in ("dense_weight", "followup_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SettingsError(f"setting {name} must be between 0 and 1, not {getattr(self, name)}")

@@ -1,7 +1,8 @@
-"""Property-based: truncated or byte-damaged feeds never cost a stored post any of its chunks.
+"""Property-based: truncated or byte-damaged copies of the bundled feed never cost a stored post any of its chunks.
 
-A post may change only when the run says so (report.changed / report.removed); a feed that is refused
-(FeedError) leaves the index exactly as it was.
+The slow test gives each damaged feed to the real `rag index` (a subprocess) against an index of the whole
+bundled corpus. A post may change only when the run says so (its summary's "changed:" / "removed:" lines);
+a feed that is refused (exit 2, one line) leaves the index exactly as it was.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from rag.index import Index, current_generation
 from rag.indexer import update_index
 from rag.settings import DEFAULT_FEED
 
-from .conftest import write_feed
+from .conftest import run_rag
 
-SMALL = [4, 7, 8]  # the three smallest bundled posts, about 50 chunks in all: seconds to embed
 BUNDLED = DEFAULT_FEED.read_bytes()
 
 
@@ -66,59 +66,66 @@ def test_a_truncated_feed_is_refused_or_read_whole_never_as_shorter_posts(data):
         assert post.markdown == bundled_markdown()[post.guid]
 
 
-# ------------------------------------------------------------------ slow: a real index, updated with damaged feeds
+# ------------------------------------------------------------------ slow: a real index, `rag index` given damaged feeds
 
 
 @pytest.fixture(scope="module")
-def small_index(tmp_path_factory, settings_for):
+def built_index(tmp_path_factory, settings_for):
+    """The bundled corpus, indexed once; each example runs `rag index` against it."""
     d = tmp_path_factory.mktemp("fuzz")
-    feed = write_feed(d / "small.xml", keep=SMALL)
     s = settings_for(d / "index")
-    report = update_index(s, feed=feed)
-    assert len(report.added) == len(SMALL)
-    return s, feed.read_bytes(), d
+    report = update_index(s)
+    assert len(report.added) == 10
+    return s, d
 
 
-def stored(s) -> dict[str, tuple[str, int]]:
+def stored(s) -> dict[str, tuple[str, str, int]]:
     index = Index.open(s)
     try:
-        return {p.guid: (p.title, p.chunks) for p in index.posts()}
+        return {p.guid: (p.title, p.content_hash, p.chunks) for p in index.posts()}
     finally:
         index.close()
+
+
+def reported(stdout: str, label: str) -> set[str]:
+    """Titles the run's summary lists under `label` ("  changed: <title>")."""
+    return {line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith(f"  {label}: ")}
 
 
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.data())
-def test_damaged_feeds_never_cost_a_stored_post_its_chunks(small_index, data):
-    s, feed, d = small_index
+def test_damaged_feeds_never_cost_a_stored_post_its_chunks(built_index, data):
+    s, d = built_index
     cut = data.draw(st.booleans(), label="truncate")
-    damaged = data.draw(truncations(feed) if cut else mutations(feed), label="feed")
+    damaged = data.draw(truncations(BUNDLED) if cut else mutations(BUNDLED), label="feed")
     path = d / "damaged.xml"
     path.write_bytes(damaged)
     before, generation = stored(s), current_generation(s.index_dir)
 
-    try:
-        report = update_index(s, feed=path)
-    except FeedError as e:
-        event("refused")
-        assert "\n" not in str(e)
-        assert current_generation(s.index_dir) == generation  # refused: nothing was written
-        assert stored(s) == before
-        return
+    result = run_rag("index", "--feed", str(path), "--index", str(s.index_dir))
 
+    assert result.returncode in (0, 2) and "Traceback" not in result.stderr, result.stderr[-2000:]
     after = stored(s)
-    event(f"accepted, {'changed' if report.changed else 'unchanged'}")
+    if result.returncode == 2:
+        event("refused")
+        errors = [line for line in result.stderr.splitlines() if line.startswith("rag: error:")]
+        assert len(errors) == 1, result.stderr[-2000:]
+        assert current_generation(s.index_dir) == generation  # refused: nothing was written
+        assert after == before
+        return
+    changed, removed = reported(result.stdout, "changed"), reported(result.stdout, "removed")
+    event(f"accepted, {'changed' if changed else 'unchanged'}")
     if cut:  # a prefix of the feed holds no new or edited post: at most its trailing whitespace was cut
-        assert not report.added and not report.changed, report.summary()
-    on_purpose = {g for g, (title, _) in after.items() if title in report.changed}
-    on_purpose |= {g for g, (title, _) in before.items() if title in report.removed}
-    for guid, (title, chunks) in before.items():
+        assert not changed and not reported(result.stdout, "added"), result.stdout
+    on_purpose = {g for g, (title, _, _) in after.items() if title in changed}
+    on_purpose |= {g for g, (title, _, _) in before.items() if title in removed}
+    for guid, (title, content_hash, chunks) in before.items():
         if guid in on_purpose:
             continue
-        assert guid in after, f"{title!r} disappeared: {report.summary()}"
-        assert after[guid][1] == chunks, f"{title!r} went from {chunks} to {after[guid][1]} chunks unannounced"
+        assert guid in after, f"{title!r} disappeared: {result.stdout}"
+        assert after[guid][1:] == (content_hash, chunks), f"{title!r} changed unannounced: {result.stdout}"
     for guid in on_purpose & before.keys() & after.keys():  # a 1-3 byte edit rewords a post, never guts it
-        assert after[guid][1] * 2 >= before[guid][1], f"{before[guid][0]!r}: {before[guid][1]} -> {after[guid][1]}"
-    assert all(n > 0 for _, n in after.values())
+        assert after[guid][2] * 2 >= before[guid][2], f"{before[guid][0]!r}: {before[guid][2]} -> {after[guid][2]}"
+    assert all(n > 0 for _, _, n in after.values())

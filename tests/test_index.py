@@ -182,3 +182,51 @@ def test_bad_feed_never_touches_the_index(full_index, tmp_path):
     assert current_generation(settings.index_dir) == generation
     assert Index.open(settings).vectors.ntotal == report.chunks_total
 
+
+
+NO_MODEL_SCRIPT = """
+import sys
+from rag.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:  # --help
+    code = e.code
+heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers", "openvino") if m in sys.modules)
+print("HEAVY", ",".join(heavy) or "-", "CODE", code)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["index", "--status"], ["index"]],
+                         ids=["help", "index-help", "status", "unchanged-feed"])
+def test_commands_that_need_no_model_import_no_model_library(full_index, args):
+    """`rag --help`, `rag index --status` and an unchanged feed answer without importing torch, transformers
+    or OpenVINO: the feed is compared with the index before any embedder is loaded."""
+    settings, _ = full_index
+    result = subprocess.run([sys.executable, "-c", NO_MODEL_SCRIPT, *args, *(["--index", str(settings.index_dir)]
+                                                                           if args[-1] != "--help" else [])],
+                            capture_output=True, text=True, timeout=120)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last == "HEAVY - CODE 0", (last, result.stderr[-2000:])
+    if args == ["index"]:
+        assert "index already up to date" in result.stdout
+
+
+def test_an_index_built_with_another_embed_backend_is_refused_with_a_clear_message(full_index):
+    settings, _ = full_index
+    other = "torch" if settings.embed_backend != "torch" else "openvino"
+    with pytest.raises(IndexUnavailable, match=rf"embed_backend: index has '{settings.embed_backend}', "
+                                               rf"settings want '{other}'.*rag index --rebuild"):
+        Index.open(settings.replace(embed_backend=other))
+    result = run_rag("ask", "What is bagging?", "--index", str(settings.index_dir), env={"RAG_EMBED_BACKEND": other})
+    assert result.returncode == 2 and "embed_backend" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_embed_backend_and_watch_interval_are_clear_settings_errors():
+    from rag.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="unknown embed backend 'onnx'; one of torch, openvino"):
+        load_settings(config="/nonexistent", embed_backend="onnx")
+    with pytest.raises(SettingsError, match="watch_interval must be above 0 seconds, not -1"):
+        load_settings(config="/nonexistent", watch_interval=-1.0)
+    result = run_rag("index", "--watch", "--interval", "0", "--index", "/nonexistent/index")
+    assert result.returncode == 2 and "watch_interval must be above 0" in result.stderr

@@ -13,6 +13,7 @@ from rag.answer import Chat
 from rag.conversation import QuestionError
 from rag.index import DB_FILE, VECTORS_FILE, Index, IndexUnavailable, current_generation
 from rag.indexer import update_index
+from rag.settings import load_settings
 
 from .conftest import run_rag, write_feed
 
@@ -95,3 +96,60 @@ def test_a_bad_history_file_names_the_file_and_the_position(small_index, tmp_pat
     result = run_rag("ask", "and why?", "--history", str(path), "--index", str(small_index[0].index_dir))
     line = one_line_error(result)
     assert str(path) in line and expected in line, line
+
+
+# ------------------------------------------------------------------ row 4: one huge item
+
+
+def test_rag_index_skips_an_item_over_the_size_cap_and_indexes_the_rest(tmp_path):
+    """A 2.5 MB item (over the default cap of 2,000,000 characters) is skipped with a warning before any HTML
+    parsing; the other posts are indexed. The cap is the max_item_chars setting."""
+    huge = "<h2>Huge</h2><p>" + "word " * 500_000 + "</p>"
+    feed = write_feed(tmp_path / "huge.xml", keep=[8], new=[("https://x/huge", "Huge", huge),
+                                                            ("https://x/small", "Small", "<p>A short post.</p>")])
+    index_dir = tmp_path / "index"
+    result = run_rag("index", "--feed", str(feed), "--index", str(index_dir), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warning = [line for line in result.stderr.splitlines() if "'Huge'" in line]
+    assert len(warning) == 1 and "over the limit of 2,000,000 per item" in warning[0], result.stderr[-2000:]
+    assert "added 2," in result.stdout
+    status = json.loads(run_rag("index", "--status", "--index", str(index_dir)).stdout)
+    titles = {p["title"] for p in status["posts"]}
+    assert len(titles) == 2 and "Small" in titles and "Huge" not in titles
+
+    capped = run_rag("index", "--feed", str(feed), "--index", str(index_dir), env={"RAG_MAX_ITEM_CHARS": "10"})
+    assert "has no items with content" in one_line_error(capped)  # every item is over a cap of 10
+
+
+# ------------------------------------------------------------------ row 5: links that are not http(s)
+
+
+def test_a_javascript_link_is_never_stored_or_cited(tmp_path):
+    """An item whose <link> is `javascript:alert(document.domain)//` (and whose guid is not a web URL either)
+    is indexed without a link: no post, chunk or citation carries it."""
+    from .conftest import feed_items
+
+    tree, channel = feed_items()
+    for i, item in enumerate(channel.findall("item")):
+        if i != 8:
+            channel.remove(item)
+        else:
+            item.find("link").text = "javascript:alert(document.domain)//"
+            item.find("guid").text = "urn:post:weights"
+    feed = tmp_path / "evil.xml"
+    tree.write(str(feed), xml_declaration=True, encoding="utf-8")
+    index_dir = tmp_path / "index"
+
+    result = run_rag("index", "--feed", str(feed), "--index", str(index_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "is not an http(s) URL; the post is kept without a link" in result.stderr
+
+    answer = run_rag("ask", "How should weights be initialized?", "--json", "--index", str(index_dir))
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    citations = json.loads(answer.stdout)["citations"]
+    assert citations and all(c["url"] == "" for c in citations), citations
+    settings = load_settings(config="/nonexistent", index_dir=index_dir)
+    index = Index.open(settings)
+    assert {p.url for p in index.posts()} == {""}
+    assert {c.url for c in index.all_chunks()} == {""}
+    assert b"javascript:" not in (index.path / DB_FILE).read_bytes().lower()
