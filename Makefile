@@ -28,6 +28,8 @@ index: setup
 run: setup
 	# join, verify and convert the local language model once (minutes on the very first run), with progress
 	HF_HUB_OFFLINE=1 $(BIN)/rag prepare
+	# bring the index up to date with the feed; one built with other settings (an upgrade) is rebuilt, its posts kept
+	HF_HUB_OFFLINE=1 $(BIN)/rag index || HF_HUB_OFFLINE=1 $(BIN)/rag index --rebuild
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 browser:

@@ -124,7 +124,7 @@ def _prepare(args, settings) -> int:
     from .generate import generator_location, prepare_weights, resolve_dtype
 
     start = time.perf_counter()
-    load_embedder(settings.embedder, settings.device)
+    load_embedder(settings.embedder, settings.device, settings.embed_backend)
     loc = generator_location(settings.generator)
     dtype = resolve_dtype(None)
     path = prepare_weights(loc, torch.float32 if dtype == "int8" else dtype)

@@ -124,7 +124,7 @@ class Retriever:
     def __init__(self, settings: Settings, index: Index | LiveIndex | None = None):
         self.settings = settings
         self.live = index if index is not None else LiveIndex(settings)
-        self.model = load_embedder(settings.embedder, settings.device)
+        self.model = load_embedder(settings.embedder, settings.device, settings.embed_backend)
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add contention (docs/benchmarks.md)
         self._headings: dict[str, np.ndarray] = {}  # heading -> vector, filled lazily
         self.coverage = CoverageModel.load(settings.coverage_model)
