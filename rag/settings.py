@@ -61,7 +61,6 @@ class Settings:
     # answering
     answer_mode: str = "extractive"  # one of rag.modes.MODES; the default is the best on dev (docs/eval.md)
     max_new_tokens: int = 160
-    grounded_candidates: int = 8  # sentences the copy-constrained model may choose from
     second_hop_margin: float = 0.15  # extractive: a 2nd-section sentence may be this much less similar
     max_question_chars: int = 2000
     context_tokens: int = 900

@@ -1,6 +1,5 @@
 """The packaged Qwen2.5-Coder-0.5B-Instruct generator, for real: joining and verifying its weights, the
-converted cache, streaming generation and its stops, yes/no judgements, and the legacy copy-constrained
-stream.
+converted cache, streaming generation and its stops, and the reused prompt-head cache.
 
 The model is loaded once for the module (from the converted cache in ~/.cache/rag-models or
 $RAG_MODEL_CACHE; the very first run builds that cache, about 2-3 minutes on 2 busy cores).
@@ -20,7 +19,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from rag import weights  # noqa: E402
 from rag.errors import ModelError  # noqa: E402
-from rag.generate import (PACKAGED_GENERATORS, CopyConstraint, Generator, Token, generator_location,  # noqa: E402
+from rag.generate import (PACKAGED_GENERATORS, Generator, generator_location,  # noqa: E402
                           load_generator, readable_name)
 
 pytestmark = pytest.mark.slow
@@ -28,28 +27,17 @@ pytestmark = pytest.mark.slow
 SPEC = weights.QWEN25_CODER_05B
 MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 SYSTEM = {"role": "system", "content": "You are a concise assistant for machine-learning interview questions."}
-JUDGE = ("You judge whether a passage answers a question. Reply with Yes if the passage contains the "
-         "answer, otherwise No.")
-
-# Real passages from the posts (Random Forests: out-of-bag error; Clustering: k-means).
+# A real passage from the posts (Random Forests: out-of-bag error).
 OOB = ("Q3: What is Out-of-Bag (OOB) error? How is it computed and why is it useful? Because of "
        "bootstrapping: each tree sees ~63.2% of unique samples; the remaining ~36.8% are Out-of-Bag for that "
        "tree. How OOB error is computed: for each training sample, collect predictions only from trees where "
        "the sample was OOB, aggregate the predictions, and compare with the true label. Why it's useful: it "
        "acts like free cross-validation, no separate validation set is needed, and it is very close to test "
        "error in practice.")
-KMEANS = ("K-means assigns each point to the nearest of k centroids, then moves every centroid to the mean of "
-          "the points assigned to it, and repeats until the assignments stop changing. It needs k in advance "
-          "and assumes roughly spherical clusters of similar size.")
 
 
 def chat(user: str, system: dict = SYSTEM) -> list[dict]:
     return [system, {"role": "user", "content": user}]
-
-
-def judge(passage: str, question: str) -> list[dict]:
-    return chat(f"Passage:\n{passage}\n\nQuestion: {question}\n\nDoes the passage answer the question? "
-                f"Answer Yes or No.", {"role": "system", "content": JUDGE})
 
 
 LONG = chat("List twenty machine learning algorithms, one per line, each with a one-sentence description.")
@@ -263,25 +251,15 @@ def test_concurrent_requests_both_finish_with_the_sequential_answer(gen):
     assert out == [alone, alone]
 
 
-# -- yes/no and the legacy stream ---------------------------------------------------------------
+# -- prompt-head cache ---------------------------------------------------------------------------
 
-def test_yes_probability_prefers_the_passage_that_answers(gen):
-    question = "What is out-of-bag error in a random forest?"
-    answers = gen.yes_probability(judge(OOB, question))
-    unrelated = gen.yes_probability(judge(KMEANS, question))
-    assert 0.0 <= unrelated < answers <= 1.0
-    assert answers - unrelated > 0.2, (answers, unrelated)
-
-
-def test_copy_constrained_stream_copies_passage_sentences(gen):
-    sentences = ["It acts like free cross-validation, no separate validation set is needed.",
-                 "Each tree sees about 63.2% of the unique samples.",
-                 "K-means needs the number of clusters in advance."]
-    constraint = CopyConstraint.build(gen.tokenizer, [sentences[:2], sentences[2:]], max_sentences=1)
-    msgs = chat(f"Passages:\n[1] {OOB}\n[2] {KMEANS}\n\nQuestion: Why is out-of-bag error useful?\nAnswer:")
-    tokens = list(gen.stream(msgs, 60, constraint))
-    assert all(isinstance(t, Token) for t in tokens)
-    text = "".join(t.text for t in tokens).strip()
-    assert text in sentences
-    done = [t for t in tokens if t.sentence_done]
-    assert len(done) == 1 and done[0].passage is not None
+def test_a_reused_prompt_head_gives_the_same_answer_and_is_computed_once(gen):
+    head = [SYSTEM, {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello."}]
+    msgs = head + [{"role": "user", "content": f"Passage: {OOB}\n\nWhat share of samples is out of bag?"}]
+    plain = "".join(gen.generate(msgs, 25))
+    before = len(gen._prefixes)
+    cached = "".join(gen.generate(msgs, 25, prefix=len(head)))
+    again = "".join(gen.generate(msgs, 25, prefix=len(head)))
+    assert plain == cached == again and plain.strip()
+    assert len(gen._prefixes) == before + 1  # one head, computed once, reused
+    assert gen.prefix_cache(msgs[:1] + [{"role": "user", "content": "other"}], gen.prompt_ids(msgs)) is None
