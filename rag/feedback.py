@@ -142,18 +142,18 @@ def _verbatim(text: str, sentence: str) -> str | None:
 def candidates(records: list[dict], known_questions: set[str] = frozenset()) -> list[dict]:
     """Candidate eval questions (the JSONL question format of design.md, plus a `review` object): a liked
     answer proposes itself as the reference with the cited sentences as evidence; a disliked one asks the
-    reviewer to write the reference (or to confirm the posts don't cover it). Questions already in the
-    eval sets (`known_questions`, compared without case and punctuation) are left out; so are repeats
-    (the latest vote wins)."""
-    latest: dict[tuple[str, str], dict] = {}
-    for r in records:
+    reviewer to write the reference (or to confirm the posts don't cover it). Votes on the same question
+    (and history) are one candidate: the latest vote decides, every comment is kept. Questions already in
+    the eval sets (`known_questions`, compared without case and punctuation) are left out."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(records, key=lambda r: r.get("timestamp", "")):
         key = (_normal(r.get("question", "")), _normal(" ".join(q for q, _ in r.get("history", []))))
         if key[0] and key[0] not in known_questions:
-            latest[key] = r
+            groups.setdefault(key, []).append(r)
     out = []
-    for n, r in enumerate(sorted(latest.values(), key=lambda r: r.get("timestamp", "")), 1):
-        liked = r.get("vote") == "up"
-        refused = bool(r.get("refused"))
+    for n, votes in enumerate(groups.values(), 1):
+        r = votes[-1]
+        liked, refused = r.get("vote") == "up", bool(r.get("refused"))
         titles = list(dict.fromkeys(s.get("post_title") for s in r.get("sources", []) if s.get("post_title")))
         item = {
             "id": f"fb-{n:03d}",
@@ -161,20 +161,21 @@ def candidates(records: list[dict], known_questions: set[str] = frozenset()) -> 
             "answer": r.get("answer", "") if liked and not refused else "",
             "post_title": titles[0] if liked and titles else None,
             "evidence": evidence_for(r) if liked and not refused else [],
-            "kind": ("followup" if r.get("history") else
-                     "unanswerable" if liked and refused else "from_feedback"),
+            "kind": "followup" if r.get("history") else "unanswerable" if liked and refused else "from_feedback",
             "review": {
                 "status": "todo",
                 "vote": r.get("vote"),
-                "comment": r.get("comment"),
+                "votes": {v: sum(x.get("vote") == v for x in votes) for v in VOTES},
+                "comments": [x["comment"] for x in votes if x.get("comment")],
                 "bot_answer": r.get("answer", ""),
                 "bot_refused": refused,
+                "bot_sources": [f"{s.get('post_title')} — {s.get('section')}" for s in r.get("sources", [])],
                 "mode": r.get("mode"),
                 "voted_at": r.get("timestamp"),
                 "todo": ("check the answer and evidence, then set kind" if liked and not refused else
                          "confirm the posts do not cover this question" if liked else
                          "write the reference answer and its evidence (verbatim sentences of the post), or "
-                         "empty evidence if the posts do not cover it; then set kind"),
+                         "leave evidence empty if the posts do not cover it; then set kind"),
             },
         }
         if r.get("history"):

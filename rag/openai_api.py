@@ -201,9 +201,10 @@ async def _events(chat: Chat, plan, reply: dict, slots: "Slots"):
         sent, answer = "", None
         try:
             while True:
-                answer = await anyio.to_thread.run_sync(next, stream, None)
-                if answer is None:
+                latest = await anyio.to_thread.run_sync(next, stream, None)
+                if latest is None:
                     break
+                answer = latest
                 text = answer.answer
                 if (answer.done or not revises) and text.startswith(sent) and len(text) > len(sent):
                     yield _chunk(reply, {"content": text[len(sent):]})

@@ -284,14 +284,15 @@ def sources_html(turns: list[dict], pending: str | None = None) -> str:
     if not turns and pending is None:
         return "<p class='meta'>The sections each answer comes from appear here, with the sentences it " \
                "rests on highlighted.</p>"
-    groups = [_turn_sources(i, t, shown=pending is None and i == len(turns) - 1) for i, t in enumerate(turns)]
+    last = len(turns) - (pending is None)
+    groups = [_turn_sources(i, t, shown=pending is None and i == last, last=i == last) for i, t in enumerate(turns)]
     if pending is not None:
         groups.append(f"<section class='turn' data-turn='{len(turns)}'><p class='meta'>Finding the sources for "
                       f"“{escape(plain_preview(pending, 120))}”…</p></section>")
     return "<div class='sources'>" + "".join(groups) + "</div>"
 
 
-def _turn_sources(i: int, turn: dict, shown: bool) -> str:
+def _turn_sources(i: int, turn: dict, shown: bool, last: bool) -> str:
     head = (f"<div class='turn-head'><span class='meta'>Sources for</span> “{escape(plain_preview(turn['question'], 120))}”"
             f"<span class='turn-nav'><button type='button' class='nav prev' aria-label='sources of the previous answer'"
             f"{' disabled' if i == 0 else ''}>‹</button><button type='button' class='nav next' "
