@@ -356,14 +356,18 @@ def about_markdown(manifest: dict, generation: str, model: str) -> str:
             f"language model {model}. Everything runs on this machine.")
 
 
+_VAGUE = re.compile(r"\b(?:we|our|us|you|your|it|its|this|these|they|the (?:algorithm|model|method|approach|"
+                    r"problem|system|data|above|following))\b", re.I)
+
+
 def example_questions(sections: list[tuple[str, str]], post_words: dict[str, set[str]], posts_in_order: list[str],
                       n: int = 6) -> list[str]:
     """Section headings that are interview questions naming their own subject, one per post first.
 
     `sections`: (post guid, heading path); `post_words`: post guid -> its lower-case words. A heading is
-    taken when it is a question of 4-14 words and holds a word that at most two posts use ("What is
-    Out-of-Bag (OOB) error?"), so that it means the same without its post ("What Is the Input and What Is
-    the Output?" does not)."""
+    taken when it is a question of 4-14 words that holds a word at most two posts use ("What is Out-of-Bag
+    (OOB) error?"), and leaves nothing to its post: no "we", "it" or "the algorithm", and not a Title Case
+    step of a framework ("Over What Time Horizon Are We Predicting?")."""
     spread: dict[str, int] = {}
     for words in post_words.values():
         for w in words:
@@ -376,7 +380,11 @@ def example_questions(sections: list[tuple[str, str]], post_words: dict[str, set
             continue
         q = m.group(1)
         tokens = re.findall(r"[a-z0-9][a-z0-9+\-]*", q.lower())
-        if 4 <= len(tokens) <= 14 and any(spread.get(w, 0) and spread[w] <= 2 and len(w) > 2 for w in tokens):
+        long_words = [w for w in q.split()[1:] if len(w) > 3 and w[0].isalpha()]
+        title_case = long_words and sum(w[0].isupper() for w in long_words) / len(long_words) > 0.6
+        vague = _VAGUE.search(q)
+        if (4 <= len(tokens) <= 14 and not title_case and not vague
+                and any(spread.get(w, 0) and spread[w] <= 2 and len(w) > 2 for w in tokens)):
             per_post.setdefault(guid, []).append(q)
     order = [g for g in posts_in_order if g in per_post]
     picked = [per_post[g][i] for i in range(3) for g in order if i < len(per_post[g])]

@@ -57,7 +57,7 @@ class PracticeUI:
             posts = []
         return [("Any post (what you need most)", "")] + [(t, g) for g, t in posts]
 
-    def ask(self, post: str, current: str | None):
+    def next_question(self, post: str, current: str | None):
         """The next question (due, then new; never the one just asked). (question, id, answer, result)"""
         try:
             q = self.practice.next_question(post or None, exclude=[current] if current else ())
@@ -105,7 +105,7 @@ class PracticeUI:
 
         quick = dict(show_progress="hidden", api_visibility="private")
         for button in (new, next_q):
-            button.click(self.ask, inputs=[post, current], outputs=[question, current, answer, result],
+            button.click(self.next_question, inputs=[post, current], outputs=[question, current, answer, result],
                          concurrency_id="practice", concurrency_limit=2, **quick)
         grade_args = dict(fn=self.grade, inputs=[current, answer], outputs=[result, chart], concurrency_id="practice",
                           show_progress="minimal", api_visibility="private")
