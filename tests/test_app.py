@@ -393,14 +393,16 @@ def test_generator_mode_loading_queue_and_stop(full_app, page):
     page.wait_for_function(NEW_ANSWER_TEXT, arg=before, timeout=300_000)
     page.fill("#question textarea", second)  # sent while the first answer is being written
     page.press("#question textarea", "Enter")
+    page.wait_for_selector("#queued >> text=Queued", timeout=10_000)  # shown under the chat, box emptied
     assert page.input_value("#question textarea") == ""
-    page.wait_for_selector("#queued >> text=Queued", timeout=5_000)
     page.wait_for_function(f"() => document.querySelectorAll('{USER}').length === 2", timeout=300_000)
     page.wait_for_function(ANSWER_DONE, timeout=300_000)
     print(f"\ntwo queued generate-mode answers in {time.perf_counter() - start:.1f}s")
     assert page.locator(USER).all_inner_texts() == [first, second]
     answers = page.locator(BOT).all_inner_texts()
-    assert "KV" in answers[0] and "LoRA" in answers[1] and "Stopped" not in "".join(answers)
+    assert all(len(a) > 20 for a in answers) and "Stopped" not in "".join(answers)
+    assert "KV Cache" in page.locator("#sources section.turn[data-turn='0']").text_content()
+    assert "LoRA" in page.locator("#sources section.turn[data-turn='1']").text_content()
 
     # Stop: the answer ends as it is, marked; the model stops computing; a queued question comes back
     before, _ = submit(page, "explain speculative decoding")

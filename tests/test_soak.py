@@ -1,0 +1,123 @@
+"""Soak (issue 14): 30 concurrent chats for two minutes against the real app, through Gradio's `/ask` API
+(extractive two-turn conversations and the generator mode) and the OpenAI-compatible endpoint, with 0
+errors, 0 mixed answers and bounded memory (the app's RSS at the start and the end is printed).
+
+Marked `soak` (and `slow`): `make test` runs it (about four minutes); `pytest -m "not soak"` skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from .test_app import TOPICS, AppProcess, client
+
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
+
+SECONDS = 120
+CHATS = 30
+GENERATOR_CHATS = 5  # of the 30, asking in the generator mode
+OPENAI_CHATS = 5  # of the 30, through /v1/chat/completions
+FOLLOW_UP = "and why does it matter?"
+GENERATE_QUESTIONS = [(q, w) for q, w in TOPICS if w in ("Out-of-Bag", "KV Cache", "LoRA")]
+MAX_RSS_GROWTH_MB = 400
+
+
+@pytest.fixture(scope="module")
+def soak_app(full_index, tmp_path_factory):
+    settings, _ = full_index
+    out = tmp_path_factory.mktemp("soak_app")
+    app = AppProcess(settings.index_dir, out / "app.log", RAG_FEEDBACK_PATH=str(out / "feedback.jsonl"))
+    app.wait_until_serving()
+    yield app
+    app.stop()
+
+
+def test_thirty_concurrent_chats_for_two_minutes(soak_app):
+    warm = client(soak_app).predict(GENERATE_QUESTIONS[0][0], "[]", "generate", "", 0, api_name="/ask")
+    assert warm["answer"]  # the model is loaded before the start figure is taken
+    rss_start, peak = soak_app.rss_mb(), [soak_app.rss_mb()]
+    deadline = time.monotonic() + SECONDS
+    answers: dict[tuple, list[tuple]] = defaultdict(list)  # (route, mode, question, history) -> results
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def record(key: tuple, result: tuple) -> None:
+        with lock:
+            answers[key].append(result)
+
+    def gradio_chat(n: int) -> int:
+        api, done, mode = client(soak_app), 0, "generate" if n < GENERATOR_CHATS else "extractive"
+        topics = GENERATE_QUESTIONS if mode == "generate" else TOPICS
+        while time.monotonic() < deadline:
+            q, _ = topics[(n + done) % len(topics)]
+            first = api.predict(q, "[]", mode, "", 0, api_name="/ask")
+            record(("ask", mode, q, ""), (first["answer"], json.dumps(first["citations"]), first["retrieved"][0]["section"]))
+            if mode == "extractive":
+                history = json.dumps([[q, first["answer"]]])
+                second = api.predict(FOLLOW_UP, history, mode, "", 0, api_name="/ask")
+                record(("ask", mode, FOLLOW_UP, history), (second["answer"], json.dumps(second["citations"]), ""))
+            done += 1
+        return done
+
+    def openai_chat(n: int) -> int:
+        api, done = openai.OpenAI(base_url=f"{soak_app.url}v1", api_key="local", max_retries=0, timeout=600), 0
+        while time.monotonic() < deadline:
+            q, _ = TOPICS[(n + done) % len(TOPICS)]
+            stream = done % 2 == 1
+            reply = api.chat.completions.create(model="interview-prep-extractive", stream=stream,
+                                                messages=[{"role": "user", "content": q}])
+            if stream:
+                pieces, last = [], None
+                for chunk in reply:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        pieces.append(chunk.choices[0].delta.content)
+                    last = chunk
+                content, sources = "".join(pieces), last.sources
+            else:
+                content, sources = reply.choices[0].message.content, reply.sources
+            record(("v1", "extractive", q, ""), (content, json.dumps(sources), sources[0]["section"]))
+            done += 1
+        return done
+
+    def chat(n: int) -> int:
+        try:
+            return openai_chat(n) if n >= CHATS - OPENAI_CHATS else gradio_chat(n)
+        except Exception as e:  # noqa: BLE001 - every failure is counted and shown
+            with lock:
+                errors.append(f"chat {n}: {type(e).__name__}: {e}")
+            return 0
+
+    def sample_memory() -> None:
+        while time.monotonic() < deadline + 60 and soak_app.proc.poll() is None:
+            peak.append(soak_app.rss_mb())
+            time.sleep(2)
+
+    threading.Thread(target=sample_memory, daemon=True).start()
+    start = time.monotonic()
+    with ThreadPoolExecutor(CHATS) as pool:
+        rounds = list(pool.map(chat, range(CHATS)))
+    elapsed = time.monotonic() - start
+    rss_end = soak_app.rss_mb()
+    total = sum(len(v) for v in answers.values())
+    generated = sum(len(v) for k, v in answers.items() if k[1] == "generate")
+    print(f"\nsoak: {CHATS} chats for {elapsed:.0f}s: {total} answers ({generated} by the generator), "
+          f"conversations per chat {min(rounds)}-{max(rounds)}, errors {len(errors)}; app RSS start "
+          f"{rss_start:.0f} MB, end {rss_end:.0f} MB, peak {max(peak):.0f} MB")
+
+    assert errors == [], errors[:5]
+    assert generated >= GENERATOR_CHATS and min(rounds) >= 1  # every chat was answered, the model ones too
+    # no mixed answers: the same question (with the same history) always got the same answer and sources,
+    # whichever chat asked it and whatever ran beside it, and its best section is on its own topic
+    for (route, mode, q, history), results in answers.items():
+        assert len(set(results)) == 1, (route, mode, q, set(results))
+        if not history:
+            assert dict(TOPICS)[q].lower() in results[0][2].lower(), (route, mode, q, results[0][2])
+    assert rss_end - rss_start < MAX_RSS_GROWTH_MB
+    assert "Traceback" not in soak_app.output()
