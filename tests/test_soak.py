@@ -1,6 +1,7 @@
 """Soak (issue 14): 30 concurrent chats for two minutes against the real app, through Gradio's `/ask` API
 (extractive two-turn conversations and the generator mode) and the OpenAI-compatible endpoint, with 0
-errors, 0 mixed answers and bounded memory (the app's RSS at the start and the end is printed).
+errors, 0 mixed answers and bounded memory (the app's RSS at the start and the end, and its timeline,
+are printed; run with -s).
 
 Marked `soak` (and `slow`): `make test` runs it (about four minutes); `pytest -m "not soak"` skips it.
 """
@@ -26,7 +27,8 @@ GENERATOR_CHATS = 5  # of the 30, asking in the generator mode
 OPENAI_CHATS = 5  # of the 30, through /v1/chat/completions
 FOLLOW_UP = "and why does it matter?"
 GENERATE_QUESTIONS = [(q, w) for q, w in TOPICS if w in ("Out-of-Bag", "KV Cache", "LoRA")]
-MAX_RSS_GROWTH_MB = 400
+WARM_UP_SECONDS = 30
+MAX_RSS_GROWTH_MB = 200  # after the warm-up
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,8 @@ def soak_app(full_index, tmp_path_factory):
 def test_thirty_concurrent_chats_for_two_minutes(soak_app):
     warm = client(soak_app).predict(GENERATE_QUESTIONS[0][0], "[]", "generate", "", 0, api_name="/ask")
     assert warm["answer"]  # the model is loaded before the start figure is taken
-    rss_start, peak = soak_app.rss_mb(), [soak_app.rss_mb()]
+    rss_start = soak_app.rss_mb()
+    timeline: list[tuple[float, float]] = [(0.0, rss_start)]  # (seconds since the start, RSS MB)
     deadline = time.monotonic() + SECONDS
     answers: dict[tuple, list[tuple]] = defaultdict(list)  # (route, mode, question, history) -> results
     errors: list[str] = []
@@ -96,11 +99,11 @@ def test_thirty_concurrent_chats_for_two_minutes(soak_app):
 
     def sample_memory() -> None:
         while time.monotonic() < deadline + 60 and soak_app.proc.poll() is None:
-            peak.append(soak_app.rss_mb())
-            time.sleep(2)
+            time.sleep(5)
+            timeline.append((time.monotonic() - start, soak_app.rss_mb()))
 
-    threading.Thread(target=sample_memory, daemon=True).start()
     start = time.monotonic()
+    threading.Thread(target=sample_memory, daemon=True).start()
     with ThreadPoolExecutor(CHATS) as pool:
         rounds = list(pool.map(chat, range(CHATS)))
     elapsed = time.monotonic() - start
@@ -109,7 +112,8 @@ def test_thirty_concurrent_chats_for_two_minutes(soak_app):
     generated = sum(len(v) for k, v in answers.items() if k[1] == "generate")
     print(f"\nsoak: {CHATS} chats for {elapsed:.0f}s: {total} answers ({generated} by the generator), "
           f"conversations per chat {min(rounds)}-{max(rounds)}, errors {len(errors)}; app RSS start "
-          f"{rss_start:.0f} MB, end {rss_end:.0f} MB, peak {max(peak):.0f} MB")
+          f"{rss_start:.0f} MB, end {rss_end:.0f} MB, peak {max(r for _, r in timeline):.0f} MB")
+    print("RSS timeline (s, MB):", [(round(t), round(r)) for t, r in timeline])
 
     assert errors == [], errors[:5]
     assert generated >= GENERATOR_CHATS and min(rounds) >= 1  # every chat was answered, the model ones too
@@ -119,5 +123,8 @@ def test_thirty_concurrent_chats_for_two_minutes(soak_app):
         assert len(set(results)) == 1, (route, mode, q, set(results))
         if not history:
             assert dict(TOPICS)[q].lower() in results[0][2].lower(), (route, mode, q, results[0][2])
-    assert rss_end - rss_start < MAX_RSS_GROWTH_MB
+    # bounded memory: RSS rises while the first concurrent requests warm up (threads, the model's caches),
+    # then stays level; growth after the first 30 s must stay small
+    settled = next(r for t, r in timeline if t >= WARM_UP_SECONDS)
+    assert rss_end - settled < MAX_RSS_GROWTH_MB, timeline
     assert "Traceback" not in soak_app.output()
