@@ -294,7 +294,8 @@ def sources_html(turns: list[dict], pending: str | None = None) -> str:
 
 def _turn_sources(i: int, turn: dict, shown: bool, last: bool) -> str:
     head = (f"<div class='turn-head'><span class='meta'>Sources for</span> “{escape(plain_preview(turn['question'], 120))}”"
-            f"<span class='turn-nav'><button type='button' class='nav prev' aria-label='sources of the previous answer'"
+            f"<span class='turn-nav'><button type='button' class='nav to-chat' aria-label='back to the conversation'>"
+            f"↑</button><button type='button' class='nav prev' aria-label='sources of the previous answer'"
             f"{' disabled' if i == 0 else ''}>‹</button><button type='button' class='nav next' "
             f"aria-label='sources of the next answer'>›</button></span></div>")
     cites = turn.get("citations") or []

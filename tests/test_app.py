@@ -313,7 +313,7 @@ def test_bad_questions_are_friendly_messages(full_app, page):
 # ------------------------------------------------------------------ sources: local, highlighted, rendered
 
 
-def test_citation_opens_the_local_section_with_the_sentence_highlighted(full_app, page):
+def test_citation_opens_the_local_section_with_the_sentence_highlighted(full_app, page, tmp_path):
     open_app(page, full_app)
     ask(page, COVERED)
     ask(page, FORMULAS)
@@ -339,6 +339,7 @@ def test_citation_opens_the_local_section_with_the_sentence_highlighted(full_app
     mark = page.locator("#sources mark.current").first.inner_text()
     assert mark.strip() and mark.strip().split()[0] in preview
     assert page.url.endswith("/")  # no navigation: the page stays offline-safe
+    screenshot(page, "desktop-citation.png", tmp_path)
 
 
 def test_highlight_is_readable_in_dark_and_light_mode(full_app, chromium):
@@ -386,8 +387,13 @@ def test_generator_mode_loading_queue_and_stop(full_app, page):
     queued and answered, Stop ends the generation in the server, and the API gives what Chat.ask gives."""
     mode = "generate"
     open_app(page, full_app)
-    choose_mode(page, mode)  # choosing a model mode starts loading the model; the page says so
-    page.wait_for_function("() => /Loading the local language model|ready/.test(document.body.innerText)")
+    assert "ready" not in page.inner_text("#status")  # an extractive app loads no model at start
+    page.evaluate("""() => { window.sawLoading = false;
+        new MutationObserver(() => { if (document.body.innerText.includes('Loading the local language model'))
+            window.sawLoading = true; }).observe(document.body, {childList: true, subtree: true, characterData: true}); }""")
+    choose_mode(page, mode)  # choosing a model mode starts loading the model, and the page says so
+    page.wait_for_function("() => window.sawLoading")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('ready')", timeout=300_000)
     first, second = "whats the kv cache", "what is lora"
     before, start = submit(page, first)
     page.wait_for_function(NEW_ANSWER_TEXT, arg=before, timeout=300_000)
@@ -546,7 +552,7 @@ def test_reload_keeps_the_conversation_and_export_has_its_sources(full_app, page
 # ------------------------------------------------------------------ practice
 
 
-def test_practice_tab_asks_grades_and_asks_again(full_app, page):
+def test_practice_tab_asks_grades_and_asks_again(full_app, page, tmp_path):
     open_app(page, full_app)
     page.click("button[role=tab]:has-text('Practice')")
     page.click("#practice-new")
@@ -555,6 +561,7 @@ def test_practice_tab_asks_grades_and_asks_again(full_app, page):
     page.fill("#practice-answer textarea", "I don't know.")
     page.click("#practice-grade")
     page.wait_for_selector("#practice-result .score", timeout=120_000)
+    screenshot(page, "practice.png", tmp_path, full_page=True)
     result = page.inner_text("#practice-result")
     assert re.search(r"\b\d{1,3}/100", result)
     assert "You missed" in result and page.locator("#practice-result li.missed").count() >= 1

@@ -37,6 +37,10 @@
       openSource(link.getAttribute("href").slice(1));
       return;
     }
+    if (event.target.closest("#sources button.to-chat")) {  // on a phone: back up to the conversation
+      document.getElementById("chat").scrollIntoView({ block: "start" });
+      return;
+    }
     const nav = event.target.closest("#sources button.nav");
     if (nav) {
       const turn = Number(nav.closest("section.turn").dataset.turn) + (nav.classList.contains("next") ? 1 : -1);
