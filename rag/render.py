@@ -41,7 +41,13 @@ _MATHML_UNSAFE = re.compile(r"\s(?:href|src|on\w+)\s*=", re.I)
 
 def escape(text: str) -> str:
     """Markdown may stay Markdown, but no HTML tag from a post or a question reaches the page."""
-    return html.escape(text or "", quote=False)
+    return html.escape(readable(text), quote=False)
+
+
+def readable(text: str) -> str:
+    """The invisible "function application" character that the posts' inline maths left behind ("log\u2061k")
+    shown as the space it stands for, one character for one, so positions in the text stay valid."""
+    return (text or "").replace("\u2061", " ")
 
 
 # ------------------------------------------------------------------ turns
@@ -146,7 +152,7 @@ def markdown_html(text: str, marks: list[tuple[int, int, str]] = ()) -> str:
     cross a tag, so a highlight spanning two list items or a bold word stays well formed. Overlapping
     spans: the first one wins."""
     marks = list(marks)[:MAX_MARKS]
-    text = _insert_marks(text or "", marks)
+    text = _insert_marks(readable(text), marks)
     formulas: list[str] = []
 
     def hold(m: re.Match) -> str:

@@ -272,9 +272,10 @@ def test_conversation_in_the_browser(full_app, page, tmp_path):
     text = answer.inner_text()
     assert "The posts don't cover this" in text
     assert "The closest sections are" not in text  # the nearest sections are listed once: as the chips below
+    chips = page.locator("#suggestions button").all_inner_texts()
+    assert chips and not any("::" in c for c in chips), chips
     suggestion = page.locator("#suggestions button").first
     suggested = suggestion.inner_text().rstrip(".")
-    assert "::" not in suggested
     before, start = page.locator(BOT).count(), time.perf_counter()
     suggestion.click()  # a covered section as a one-click follow-up: fills and submits the question
     wait_answer(page, before, start, "clicked suggestion")
@@ -646,6 +647,33 @@ def test_openai_compatible_endpoint(full_app):
         api.chat.completions.create(model="interview-prep", messages=[{"role": "user", "content": "x" * 3000}])
     with pytest.raises(openai.NotFoundError, match="unknown model"):
         api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_openai_endpoint_answers_other_machines_only_with_the_key(full_index):
+    """The /v1 routes of the app (rag.openai_api) with a client address that is not loopback: refused,
+    unless `api_key` is set and sent."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from rag.openai_api import router
+
+    settings, _ = full_index
+    body = {"model": "interview-prep-extractive", "messages": [{"role": "user", "content": COVERED}]}
+    for key, header, status in (("", None, 403), ("s3cret", None, 401), ("s3cret", "Bearer nope", 401),
+                                ("s3cret", "Bearer s3cret", 200)):
+        server = FastAPI()
+        server.include_router(router(Chat(settings.replace(api_key=key))))
+        remote = TestClient(server, client=("192.0.2.7", 50000))
+        headers = {"Authorization": header} if header else {}
+        assert remote.get("/v1/models", headers=headers).status_code == status, (key, header)
+        reply = remote.post("/v1/chat/completions", json=body, headers=headers)
+        assert reply.status_code == status, reply.text
+        if status == 200:
+            assert "Out-of-Bag" in reply.json()["choices"][0]["message"]["content"]
+        else:
+            assert reply.json()["error"]["message"]
+    local = TestClient(server, client=("127.0.0.1", 50000))  # this machine needs no key
+    assert local.post("/v1/chat/completions", json=body).status_code == 200
 
 
 # ------------------------------------------------------------------ load, sessions, safety, rebuilds
