@@ -110,14 +110,20 @@ class AppProcess:
             self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def full_app(full_index, tmp_path_factory):
-    """The app on the bundled corpus (index built once per session), extractive by default for speed."""
+def start_full_app(full_index, tmp_path_factory, name: str) -> AppProcess:
+    """The app on the bundled corpus (index built once per session), extractive by default for speed,
+    its feedback file in a temporary directory."""
     settings, _ = full_index
-    out = tmp_path_factory.mktemp("full_app")
+    out = tmp_path_factory.mktemp(name)
     app = AppProcess(settings.index_dir, out / "app.log", RAG_FEEDBACK_PATH=str(out / "feedback.jsonl"))
     app.wait_until_serving()
     app.settings, app.feedback = settings, out / "feedback.jsonl"
+    return app
+
+
+@pytest.fixture(scope="module")
+def full_app(full_index, tmp_path_factory):
+    app = start_full_app(full_index, tmp_path_factory, "full_app")
     yield app
     app.stop()
 

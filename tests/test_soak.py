@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from .test_app import TOPICS, AppProcess, client
+from .test_app import TOPICS, client, start_full_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
@@ -33,10 +33,7 @@ MAX_RSS_GROWTH_MB = 200  # after the warm-up
 
 @pytest.fixture(scope="module")
 def soak_app(full_index, tmp_path_factory):
-    settings, _ = full_index
-    out = tmp_path_factory.mktemp("soak_app")
-    app = AppProcess(settings.index_dir, out / "app.log", RAG_FEEDBACK_PATH=str(out / "feedback.jsonl"))
-    app.wait_until_serving()
+    app = start_full_app(full_index, tmp_path_factory, "soak_app")
     yield app
     app.stop()
 
