@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app: error: {e}", file=sys.stderr)
         return 2
     log.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(server, host=settings.host, port=settings.port, log_level="warning")
+    # a browser tab keeps a Gradio stream open: without a time limit, shutting down would wait for it
+    uvicorn.run(server, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=3)
     return 0
 
 

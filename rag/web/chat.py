@@ -47,6 +47,11 @@ def _message(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
+def _stopped(turn_id: str, question: str, partial: str) -> dict:
+    return {"turn_id": turn_id, "question": question, "answer": "", "partial": partial, "stopped": True,
+            "citations": []}
+
+
 def messages_for(turns: list[dict]) -> list[dict]:
     out = []
     for i, t in enumerate(turns):
@@ -106,6 +111,7 @@ class ChatUI:
         messages, turns = list(messages or []), list(turns or [])
         epoch = self.sessions.epoch(key)
         self.sessions.running(key, True)
+        completed = False
         try:
             while question:
                 with closing(self._answer(key, question, messages, turns, post, mode, k)) as updates:
@@ -116,7 +122,10 @@ class ChatUI:
                 question = self.sessions.next_or_idle(key)
                 if question:
                     yield (gr.skip(),) * 4 + (self._queued(key), gr.skip(), gr.skip())
+            completed = True
         finally:
+            if not completed:  # a bug, or the page went away: the session must not stay busy for ever
+                self.sessions.abandon(key)
             self.sessions.running(key, False)
 
     def _answer(self, key: str, question: str, messages: list, turns: list, post: str, mode: str, k: float):
@@ -142,25 +151,27 @@ class ChatUI:
             self.loader.wait(plan.mode, timeout=0.5)
         turn_id, title = uuid.uuid4().hex, self.post_title(post)
         answer, shown, record = None, "", None
-        try:
-            # closing(): leaving the loop early (Stop, or a closed page whose generator Gradio closes)
-            # closes the answer's stream, which stops the model at its next step
-            with closing(self.chat.stream_plan(plan)) as stream:
-                for answer in stream:
-                    if self.sessions.stopping(key):
-                        break
-                    partial = {**render.turn_record(answer, turn_id=turn_id, post=post or None, post_title=title),
-                               "revises": revises}
-                    shown = render.answer_markdown({**partial, "done": True}, index)
-                    messages[-1] = _message("assistant", render.answer_markdown(partial, index))
-                    yield messages, skip, skip, skip, skip, skip, skip
-            if self.sessions.stopping(key) and not (answer and answer.done):
-                record = {"turn_id": turn_id, "question": question, "answer": "", "partial": shown,
-                          "stopped": True, "citations": []}
-                log.info("answer stopped by the user after %d characters", len(shown))
-        except RagError as e:  # the model failed to load, the index went missing...
-            gr.Warning(str(e), duration=8)
-            record = {"turn_id": turn_id, "question": question, "answer": "", "error": str(e), "citations": []}
+        if self.sessions.stopping(key):  # stopped while the model was loading: the answer never starts
+            record = _stopped(turn_id, question, "")
+        else:
+            try:
+                # closing(): leaving the loop early (Stop, or a closed page whose generator Gradio closes)
+                # closes the answer's stream, which stops the model at its next step
+                with closing(self.chat.stream_plan(plan)) as stream:
+                    for answer in stream:
+                        if self.sessions.stopping(key):
+                            break
+                        partial = {**render.turn_record(answer, turn_id=turn_id, post=post or None,
+                                                        post_title=title), "revises": revises}
+                        shown = render.answer_markdown({**partial, "done": True}, index)
+                        messages[-1] = _message("assistant", render.answer_markdown(partial, index))
+                        yield messages, skip, skip, skip, skip, skip, skip
+                if self.sessions.stopping(key) and not (answer and answer.done):
+                    record = _stopped(turn_id, question, shown)
+                    log.info("answer stopped by the user after %d characters", len(shown))
+            except RagError as e:  # the model failed to load, the index went missing...
+                gr.Warning(str(e), duration=8)
+                record = {"turn_id": turn_id, "question": question, "answer": "", "error": str(e), "citations": []}
         if record is None:
             elsewhere = self._elsewhere(plan) if answer.refused and plan.post else []
             record = render.turn_record(answer, turn_id=turn_id, post=post or None, post_title=title,

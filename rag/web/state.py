@@ -81,6 +81,12 @@ class Sessions:
             s.stop = s.busy
             return queued
 
+    def abandon(self, key: str) -> None:
+        """The answering code ended abnormally: the session is idle and its queue dropped."""
+        with self._lock:
+            s = self._get(key)
+            s.busy, s.stop, s.queue = False, False, []
+
     def stopping(self, key: str) -> bool:
         with self._lock:
             return self._get(key).stop
