@@ -451,17 +451,19 @@ def test_regenerate_edit_and_undo(full_app, page):
     ask(page, "whats gini impurity")
     page.locator(f"{BOT} >> nth=-1").hover()
     page.locator("#chat button[aria-label='Retry']").last.click()  # regenerate the last answer
+    page.wait_for_selector("#stop")  # the answer is being written again
     page.wait_for_function(ANSWER_DONE)
-    page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 2")
-    assert "Gini" in page.locator(BOT).last.inner_text()
+    assert page.locator(USER).all_inner_texts() == [COVERED, "whats gini impurity"]
+    assert page.locator(BOT).count() == 2 and "Gini" in page.locator(BOT).last.inner_text()
 
     page.locator(f"{USER} >> nth=-1").hover()
     page.locator("#chat button[aria-label='Edit']").last.click()  # edit the last question
     page.locator("#chat textarea").last.fill("why are decision trees greedy")
     page.locator("#chat").get_by_role("button", name="Submit").click()
-    page.wait_for_function(f"() => document.querySelectorAll('{USER}')[1]?.innerText.includes('greedy')")
-    page.wait_for_function(ANSWER_DONE)
-    assert page.locator(USER).count() == 2 and "greedy" in page.locator(BOT).last.inner_text().lower()
+    page.wait_for_function(f"""() => {{ const users = document.querySelectorAll('{USER}'),
+        bots = document.querySelectorAll('{BOT}');
+        return users.length === 2 && bots.length === 2 && users[1].innerText.includes('greedy') &&
+               bots[1].innerText.toLowerCase().includes('greedy') && ({ANSWER_DONE})(); }}""")
 
     page.locator(f"{BOT} >> nth=-1").hover()
     page.locator("#chat button[aria-label='Undo']").last.click()  # undo: the question goes back to the box

@@ -102,13 +102,14 @@ class ChatUI:
     def _buttons(busy: bool):
         return gr.Button(visible=not busy), gr.Button(visible=busy)
 
-    def respond(self, pending: dict, messages: list, turns: list, post: str, mode: str, k: float,
-                request: gr.Request):
+    def respond(self, pending: dict, turns: list, post: str, mode: str, k: float, request: gr.Request):
         """Stream the answer to `pending`, then to each question queued meanwhile. Yields (chatbot, turns,
-        sources, suggestions, queued, saved, export)."""
+        sources, suggestions, queued, saved, export). The chat is drawn from the turns (the conversation's
+        record), never read back from the page."""
         key = request.session_hash
         question = (pending or {}).get("question")
-        messages, turns = list(messages or []), list(turns or [])
+        turns = list(turns or [])
+        messages = messages_for(turns)
         epoch = self.sessions.epoch(key)
         self.sessions.running(key, True)
         completed = False
@@ -232,8 +233,9 @@ class ChatUI:
             gr.Warning("An answer is still being written: press Stop first.", duration=5)
             return messages_for(turns), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         kept = turns[:at]
-        return (messages_for(kept), kept, {"id": uuid.uuid4().hex, "question": question},
-                render.sources_html(kept), *self._buttons(True))
+        shown = messages_for(kept) + [_message("user", render.escape(question)), _message("assistant", "…")]
+        return (shown, kept, {"id": uuid.uuid4().hex, "question": question}, render.sources_html(kept),
+                *self._buttons(True))
 
     def undo(self, turns: list, data: gr.UndoData, request: gr.Request):
         """Remove the last turn and put its question back into the box.
@@ -461,7 +463,7 @@ class ChatUI:
         chatbot.example_select(**{**take, "fn": self.take_example, "inputs": None, "outputs": [pending, queued, ask, stop]})
         suggestions.click(**{**take, "fn": self.take_suggestion, "inputs": suggestions,
                              "outputs": [pending, queued, ask, stop]})
-        answering = pending.change(self.respond, inputs=[pending, chatbot, turns, post, mode, k],
+        answering = pending.change(self.respond, inputs=[pending, turns, post, mode, k],
                                    outputs=[chatbot, turns, sources, suggestions, queued, saved, export],
                                    concurrency_id="answer", show_progress="hidden", api_visibility="private")
         answering.then(self.sync, outputs=[ask, stop, queued], **quick)
