@@ -754,6 +754,8 @@ def test_rebuilt_index_is_served_without_restart(small_app, page):
     open_app(page, small_app)
     assert "2 posts" in page.inner_text("#status")
     old_generation = current_generation(small_app.settings.index_dir)
+    page.click("#settings >> text=Settings")  # the index details: which generation is served
+    page.wait_for_function(f"() => document.querySelector('#about').innerText.includes('{old_generation}')")
 
     feed = write_feed(small_app.out / "feed2.xml", keep=[9],
                       new=[(XSS_GUID, XSS_TITLE, XSS_HTML), (BOOSTING_GUID, BOOSTING_TITLE, NEW_POST_HTML)])
@@ -767,7 +769,6 @@ def test_rebuilt_index_is_served_without_restart(small_app, page):
     # the switch is a visible state: the status and a note say so, the details name the new generation
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('3 posts')", timeout=30_000)
     page.wait_for_selector("#banner >> text=Index updated")
-    page.click("#settings >> text=Settings")
     page.wait_for_function(f"() => document.querySelector('#about').innerText.includes('{new_generation}')")
     after = api.predict(question, "[]", "extractive", "", 0, api_name="/ask")
     assert BOOSTING_TITLE in {c["post_title"] for c in after["citations"]}
