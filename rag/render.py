@@ -17,13 +17,13 @@ from functools import lru_cache
 
 from markdown_it import MarkdownIt
 
+from .answer import NOT_COVERED
 from .chunking import section_title
 from .grounding import overlap
 from .text import sentences as split_sentences
 
 log = logging.getLogger(__name__)
 
-NOT_COVERED = "The posts don't cover this."
 CITATION_MARK = re.compile(r"\[(\d+)\]")
 FORMULA = re.compile(r"\$\$(.+?)\$\$", re.S)
 # Private-use characters the posts never contain: where a highlight starts (one per class) and ends, and
