@@ -161,6 +161,26 @@ def _practice(args, settings) -> int:
     return session(practice, args.post)
 
 
+def _feedback(args, settings) -> int:
+    from .feedback import FeedbackStore, candidates, known_questions
+
+    store = FeedbackStore(args.file or settings.feedback_file)
+    records = store.records()
+    items = candidates(records, known_questions(args.skip or []))
+    lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    up = sum(r.get("vote") == "up" for r in records)
+    print(f"{len(records)} votes ({up} up, {len(records) - up} down, {sum(bool(r.get('comment')) for r in records)} "
+          f"with a comment) in {store.path} -> {len(items)} candidate questions"
+          + (f" in {args.out}" if args.out else "") + "; each has review.status 'todo': check it before adding it "
+          "to an eval set", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .eval import SPLITS
     from .modes import MODES
@@ -222,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true", help="show progress per post")
     p.add_argument("--db", metavar="FILE", help="progress file (default: <index>/practice.sqlite)")
     p.set_defaults(run=_practice)
+
+    p = sub.add_parser("feedback", parents=[common],
+                       help="turn the app's thumbs-up/down feedback into candidate eval questions for review")
+    p.add_argument("--out", metavar="FILE", help="write the candidates (JSONL) here instead of to stdout")
+    p.add_argument("--file", metavar="FILE", help="feedback file (default: the feedback_path setting, "
+                                                  "<index>/feedback.jsonl)")
+    p.add_argument("--skip", metavar="FILE", action="append",
+                   help="leave out questions already in this eval file (repeatable), e.g. eval/dev.jsonl")
+    p.set_defaults(run=_feedback)
     return parser
 
 

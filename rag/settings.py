@@ -68,6 +68,7 @@ class Settings:
     # app
     host: str = "127.0.0.1"
     port: int = 7860
+    api_key: str = ""  # /v1 (OpenAI-compatible) answers only loopback clients unless this key is set and sent
 
     def __post_init__(self):
         object.__setattr__(self, "index_dir", Path(self.index_dir))

@@ -1,13 +1,16 @@
 """The chat app end to end: the real `app.py` in a subprocess on a real index, driven through headless
-Chromium (Playwright) and through gradio_client. Nothing is mocked; answers are compared with `Chat.ask`.
+Chromium (Playwright), gradio_client and the `openai` client. Nothing is mocked; answers are compared with
+`Chat.ask`.
 
-Run with -s to see the time to first token measured in the browser.
+Run with -s to see the time to first token measured in the browser. RAG_UPDATE_SCREENSHOT=1 refreshes the
+screenshots in docs/screenshots/ (a normal run leaves the tree clean).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +20,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 from gradio_client import Client
 from playwright.sync_api import sync_playwright
@@ -29,6 +33,7 @@ from .conftest import NEW_POST_HTML, run_rag, write_feed
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -36,6 +41,8 @@ POST_URL = "https://dshandbook.substack.com/p/"
 COVERED = "What is out-of-bag error in random forest?"
 UNCOVERED = "How do I compute statistical power for an A/B test?"
 KMEANS, DBSCAN_FOLLOWUP = "How does K-Means++ initialization improve K-Means?", "and what are DBSCAN's weaknesses?"
+FORMULAS = "why pre ln > post ln"  # a casual question whose section holds two display formulas
+RANDOM_FOREST = "https://dshandbook.substack.com/p/random-forest-interview-questions"
 # (question, a word the cited section heading must contain): ten distinct topics for the load test
 TOPICS = [(COVERED, "Out-of-Bag"), (KMEANS, "K-Means++"),
           ("What is speculative decoding?", "Speculative Decoding"),
@@ -87,6 +94,13 @@ class AppProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def cpu_seconds(self) -> float:
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -96,14 +110,20 @@ class AppProcess:
             self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def full_app(full_index, tmp_path_factory):
-    """The app on the bundled corpus (index built once per session), extractive by default for speed."""
+def start_full_app(full_index, tmp_path_factory, name: str) -> AppProcess:
+    """The app on the bundled corpus (index built once per session), extractive by default for speed,
+    its feedback file in a temporary directory."""
     settings, _ = full_index
-    out = tmp_path_factory.mktemp("full_app")
+    out = tmp_path_factory.mktemp(name)
     app = AppProcess(settings.index_dir, out / "app.log", RAG_FEEDBACK_PATH=str(out / "feedback.jsonl"))
     app.wait_until_serving()
     app.settings, app.feedback = settings, out / "feedback.jsonl"
+    return app
+
+
+@pytest.fixture(scope="module")
+def full_app(full_index, tmp_path_factory):
+    app = start_full_app(full_index, tmp_path_factory, "full_app")
     yield app
     app.stop()
 
@@ -129,19 +149,36 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture
-def page(chromium):
-    """A fresh browser session; fails the test on any request that leaves the machine or any JS dialog."""
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+def new_page(chromium, width: int = 1280, height: int = 800, scheme: str = "light"):
+    """A fresh browser session (its own storage); records requests that leave the machine and JS dialogs."""
+    context = chromium.new_context(viewport={"width": width, "height": height}, color_scheme=scheme,
+                                   accept_downloads=True)
     page = context.new_page()
     page.external, page.dialogs = [], []
     page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
             else page.external.append(r.url))
     page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-    yield page
-    context.close()
+    return page
+
+
+def check_and_close(page) -> None:
+    page.context.close()
     assert page.dialogs == [], "a script from a post or a question ran"
     assert page.external == [], "the page tried to reach the network"
+
+
+@pytest.fixture
+def page(chromium):
+    page = new_page(chromium)
+    yield page
+    check_and_close(page)
+
+
+@pytest.fixture
+def phone(chromium):
+    page = new_page(chromium, 390, 844, "dark")
+    yield page
+    check_and_close(page)
 
 
 def client(app: AppProcess) -> Client:
@@ -150,17 +187,22 @@ def client(app: AppProcess) -> Client:
 
 # ------------------------------------------------------------------ driving the page
 
-BOT = "#chat [data-testid=bot]"
+BOT, USER = "#chat [data-testid=bot]", "#chat [data-testid=user]"
 NEW_ANSWER_TEXT = """n => { const m = document.querySelectorAll('#chat [data-testid=bot]');
-                           return m.length > n && m[m.length - 1].innerText.trim().length > 0; }"""
-ANSWER_DONE = """() => { const t = document.querySelector('#sources').innerText;
-                         return !t.includes('…') && !t.includes('appear here'); }"""
+                           return m.length > n && m[m.length - 1].innerText.trim().length > 1; }"""
+# the answer is complete: Ask is back, and the Sources panel no longer waits for it
+ANSWER_DONE = """() => !document.querySelector('#stop') && document.querySelector('#ask') &&
+                       !document.querySelector('#sources').innerText.includes('Finding the sources')"""
+MARK_IN_VIEW = """() => { const m = document.querySelector('#sources mark.current');
+    if (!m) return false;
+    const r = m.getBoundingClientRect(), c = document.querySelector('#sources-col').getBoundingClientRect();
+    return r.top >= Math.max(0, c.top) && r.bottom <= Math.min(innerHeight, c.bottom) && r.height > 0; }"""
 
 
 def open_app(page, app: AppProcess) -> None:
     page.goto(app.url)
     page.wait_for_selector("#question textarea")
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('chunks')")
+    page.wait_for_function("() => /\\d+ posts/.test(document.querySelector('#status').innerText)")
 
 
 def submit(page, question: str) -> tuple[int, float]:
@@ -171,7 +213,7 @@ def submit(page, question: str) -> tuple[int, float]:
     return before, start
 
 
-def wait_answer(page, before: int, start: float, label: str, timeout: float = 180_000):
+def wait_answer(page, before: int, start: float, label: str, timeout: float = 300_000):
     """Waits for the new answer's first text (time to first token) and then for the finished answer."""
     page.wait_for_function(NEW_ANSWER_TEXT, arg=before, timeout=timeout)
     TTFT[label] = time.perf_counter() - start
@@ -181,7 +223,7 @@ def wait_answer(page, before: int, start: float, label: str, timeout: float = 18
 
 
 def new_conversation(page) -> None:
-    page.click("text=New conversation")
+    page.click("#new")
     page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0")
 
 
@@ -190,39 +232,67 @@ def ask(page, question: str, label: str | None = None):
     return wait_answer(page, before, start, label or question)
 
 
-# ------------------------------------------------------------------ tests
+def choose_mode(page, mode: str) -> None:
+    if not page.locator("#mode").is_visible():
+        page.click("#settings >> text=Settings")
+    page.locator("#mode label", has_text=mode).click()
+
+
+def luminance(rgb: str) -> float:
+    channels = [int(x) / 255 for x in re.findall(r"\d+", rgb)[:3]]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(fg: str, bg: str) -> float:
+    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+def screenshot(page, name: str, tmp_path: Path, full_page: bool = False) -> None:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=full_page)
+    if os.environ.get("RAG_UPDATE_SCREENSHOT"):  # docs' screenshots are refreshed on purpose, not by every run
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, SHOTS / name)
+
+
+# ------------------------------------------------------------------ conversation basics
 
 
 def test_conversation_in_the_browser(full_app, page, tmp_path):
     open_app(page, full_app)
-    status = page.inner_text("#status")
-    assert "10 posts" in status and "all-MiniLM-L6-v2" in status and "SmolLM2" in status and "built 20" in status
-    examples = page.locator("#chat button.example")
-    assert examples.count() >= 3  # questions drawn from the posts' headings on the empty screen
+    assert "10 posts" in page.inner_text("#status")
+    examples = page.locator("#chat button.example").all_inner_texts()
+    assert len(examples) == 6, examples  # questions drawn from the posts' headings, each naming its subject
+    assert not any(re.search(r"\b(the algorithm|we|it)\b", e, re.I) for e in examples), examples
 
     answer = ask(page, COVERED)
-    links = answer.locator(f"a[href^='{POST_URL}']")
-    assert links.count() >= 1 and "#" in links.first.get_attribute("href")
-    assert links.first.inner_text() == "[1]"
+    link = answer.locator("a[href^='#source-']").first
+    assert link.inner_text() == "[1]"  # a citation opens the local section, not the live post
     assert "Random Forest" in page.inner_text("#sources .source") and page.locator("#sources mark").count() >= 1
+    external = page.locator("#sources a.external").first  # the original post: a separate, external link
+    assert external.get_attribute("href").startswith(POST_URL) and external.get_attribute("target") == "_blank"
 
     answer = ask(page, UNCOVERED)
-    assert "The posts don't cover this" in answer.inner_text()
+    text = answer.inner_text()
+    assert "The posts don't cover this" in text
+    assert "The closest sections are" not in text  # the nearest sections are listed once: as the chips below
+    chips = page.locator("#suggestions button").all_inner_texts()
+    assert chips and not any("::" in c for c in chips), chips
     suggestion = page.locator("#suggestions button").first
     suggested = suggestion.inner_text().rstrip(".")
     before, start = page.locator(BOT).count(), time.perf_counter()
     suggestion.click()  # a covered section as a one-click follow-up: fills and submits the question
     wait_answer(page, before, start, "clicked suggestion")
-    assert suggested in page.locator("#chat [data-testid=user]").last.inner_text()
+    assert suggested in page.locator(USER).last.inner_text()
 
     new_conversation(page)
     ask(page, KMEANS)
     answer = ask(page, DBSCAN_FOLLOWUP)
     assert "DBSCAN" in answer.inner_text()
-    assert "Clustering" in page.inner_text("#sources")
-    page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
-    if os.environ.get("RAG_UPDATE_SCREENSHOT"):  # the docs' screenshot is refreshed on purpose, not by every run
-        shutil.copy(tmp_path / "chat.png", ROOT / "docs" / "screenshot.png")
+    assert "Clustering" in page.inner_text("#sources section.turn:not([hidden])")
+    screenshot(page, "desktop-light.png", tmp_path)
 
     new_conversation(page)
     before, start = 0, time.perf_counter()
@@ -240,11 +310,281 @@ def test_bad_questions_are_friendly_messages(full_app, page):
     page.fill("#question textarea", "   ")
     page.press("#question textarea", "Enter")
     page.wait_for_selector("text=Please type a question")
-    assert page.locator("#chat [data-testid=user]").count() == 0
+    assert page.locator(USER).count() == 0
     ask(page, COVERED)  # the session still works
-    assert page.locator("#chat [data-testid=user]").count() == 1
+    assert page.locator(USER).count() == 1
     with pytest.raises(Exception, match="keep it under"):
         client(full_app).predict("x" * 3000, "[]", "extractive", "", 0, api_name="/ask")
+
+
+# ------------------------------------------------------------------ sources: local, highlighted, rendered
+
+
+def test_citation_opens_the_local_section_with_the_sentence_highlighted(full_app, page, tmp_path):
+    open_app(page, full_app)
+    ask(page, COVERED)
+    ask(page, FORMULAS)
+    first = page.locator(BOT).first
+    # formulas and Markdown of the sources are rendered: MathML, no TeX or Markdown markers left
+    sources_html = page.inner_html("#sources")
+    assert page.locator("#sources math").count() >= 2
+    for raw in ("$$", "\\mathrm", "\\left", "**"):
+        assert raw not in sources_html and raw not in page.inner_text("#sources"), raw
+
+    # hovering a citation of the first answer previews the sentence it rests on
+    link = first.locator("a[href^='#source-']").first
+    link.hover()
+    page.wait_for_selector("#cite-preview", state="visible")
+    preview = page.inner_text("#cite-preview")
+    assert "Random Forest" in preview and "“" in preview
+
+    # clicking it shows that answer's sources (not the latest answer's) with the sentence in view
+    link.click()
+    page.wait_for_function(MARK_IN_VIEW)
+    shown = page.locator("#sources section.turn:not([hidden])")
+    assert shown.count() == 1 and "Out-of-Bag" in shown.inner_text()
+    mark = page.locator("#sources mark.current").first.inner_text()
+    assert mark.strip() and mark.strip().split()[0] in preview
+    assert page.url.endswith("/")  # no navigation: the page stays offline-safe
+    screenshot(page, "desktop-citation.png", tmp_path)
+
+
+def test_highlight_is_readable_in_dark_and_light_mode(full_app, chromium):
+    for scheme in ("dark", "light"):
+        page = new_page(chromium, scheme=scheme)
+        try:
+            open_app(page, full_app)
+            ask(page, COVERED)
+            assert page.evaluate("() => document.body.classList.contains('dark')") == (scheme == "dark")
+
+            def check(selector: str) -> None:
+                colours = page.locator(selector).first.evaluate(
+                    "m => [getComputedStyle(m).color, getComputedStyle(m).backgroundColor]")
+                ratio = contrast(*colours)
+                print(f"\n{scheme} {selector}: {colours} contrast {ratio:.1f}")
+                assert ratio >= 4.5, (scheme, selector, colours, ratio)
+
+            check("#sources mark.support")  # as the answer arrives
+            page.locator(f"{BOT} a[href^='#source-']").first.click()
+            page.wait_for_function(MARK_IN_VIEW)
+            check("#sources mark.current")  # the sentence a clicked citation points at
+        finally:
+            check_and_close(page)
+
+
+def test_phone_layout_shows_sources_before_settings(full_app, phone, tmp_path):
+    open_app(phone, full_app)
+    assert phone.locator("#status").bounding_box()["height"] < 60  # one short line, not a quarter screen
+    ask(phone, FORMULAS)
+    sources = phone.locator("#sources .source").first.bounding_box()
+    settings = phone.locator("#settings").bounding_box()
+    assert sources["y"] < settings["y"]  # the answer's sources come before Settings
+    assert phone.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    screenshot(phone, "phone-dark.png", tmp_path)
+    phone.locator(f"{BOT} a[href^='#source-']").first.click()  # a citation brings its sentence on screen
+    phone.wait_for_function(MARK_IN_VIEW)
+    screenshot(phone, "phone-dark-source.png", tmp_path)
+
+
+# ------------------------------------------------------------------ the model: loading, queue, Stop
+
+
+def test_generator_mode_loading_queue_and_stop(full_app, page):
+    """The language-model mode end to end: a visible loading state, a question sent during an answer is
+    queued and answered, Stop ends the generation in the server, and the API gives what Chat.ask gives."""
+    mode = "generate"
+    open_app(page, full_app)
+    assert "ready" not in page.inner_text("#status")  # an extractive app loads no model at start
+    page.evaluate("""() => { window.sawLoading = false;
+        new MutationObserver(() => { if (document.body.innerText.includes('Loading the local language model'))
+            window.sawLoading = true; }).observe(document.body, {childList: true, subtree: true, characterData: true}); }""")
+    choose_mode(page, mode)  # choosing a model mode starts loading the model, and the page says so
+    page.wait_for_function("() => window.sawLoading")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('ready')", timeout=300_000)
+    first, second = "whats the kv cache", "what is lora"
+    before, start = submit(page, first)
+    page.wait_for_function(NEW_ANSWER_TEXT, arg=before, timeout=300_000)
+    page.fill("#question textarea", second)  # sent while the first answer is being written
+    page.press("#question textarea", "Enter")
+    page.wait_for_selector("#queued >> text=Queued", timeout=10_000)  # shown under the chat, box emptied
+    assert page.input_value("#question textarea") == ""
+    page.wait_for_function(f"() => document.querySelectorAll('{USER}').length === 2", timeout=300_000)
+    page.wait_for_function(ANSWER_DONE, timeout=300_000)
+    print(f"\ntwo queued generate-mode answers in {time.perf_counter() - start:.1f}s")
+    assert page.locator(USER).all_inner_texts() == [first, second]
+    answers = page.locator(BOT).all_inner_texts()
+    assert all(len(a) > 20 for a in answers) and "Stopped" not in "".join(answers)
+    assert "KV Cache" in page.locator("#sources section.turn[data-turn='0']").text_content()
+    assert "LoRA" in page.locator("#sources section.turn[data-turn='1']").text_content()
+
+    # Stop: the answer ends as it is, marked; the model stops computing; a queued question comes back
+    before, _ = submit(page, "explain speculative decoding")
+    page.wait_for_function(NEW_ANSWER_TEXT, arg=before, timeout=300_000)
+    page.fill("#question textarea", "what is flash attention")
+    page.press("#question textarea", "Enter")
+    page.wait_for_selector("#queued >> text=Queued")
+    page.click("#stop")
+    page.wait_for_selector(f"{BOT} >> text=Stopped.", timeout=30_000)
+    assert page.input_value("#question textarea") == "what is flash attention"  # not lost
+    page.wait_for_selector("#ask")
+    time.sleep(1)
+    cpu = full_app.cpu_seconds()
+    time.sleep(3)
+    idle = full_app.cpu_seconds() - cpu
+    print(f"\napp CPU in the 3 s after Stop: {idle:.2f} s")
+    assert idle < 1.0  # generating keeps at least one core busy (about 3 s of CPU in 3 s)
+    assert "answer stopped by the user" in full_app.output()
+
+    # the API in the same mode gives what Chat.ask gives
+    got = client(full_app).predict(COVERED, "[]", mode, "", 0, api_name="/ask")
+    expected = Chat(full_app.settings).ask(COVERED, mode=mode).to_json()
+    assert got["mode"] == mode and got["answer"] == expected["answer"]
+    assert got["citations"] == expected["citations"]
+
+
+# ------------------------------------------------------------------ regenerate, edit, filter, feedback
+
+
+def test_regenerate_edit_and_undo(full_app, page):
+    open_app(page, full_app)
+    ask(page, COVERED)
+    ask(page, "whats gini impurity")
+    page.locator(f"{BOT} >> nth=-1").hover()
+    page.locator("#chat button[aria-label='Retry']").last.click()  # regenerate the last answer
+    page.wait_for_selector("#stop")  # the answer is being written again
+    page.wait_for_function(ANSWER_DONE)
+    assert page.locator(USER).all_inner_texts() == [COVERED, "whats gini impurity"]
+    assert page.locator(BOT).count() == 2 and "Gini" in page.locator(BOT).last.inner_text()
+
+    page.locator(f"{USER} >> nth=-1").hover()
+    page.locator("#chat button[aria-label='Edit']").last.click()  # edit the last question
+    page.locator("#chat textarea").last.fill("why are decision trees greedy")
+    page.locator("#chat").get_by_role("button", name="Submit").click()
+    page.wait_for_function(f"""() => {{ const users = document.querySelectorAll('{USER}'),
+        bots = document.querySelectorAll('{BOT}');
+        return users.length === 2 && bots.length === 2 && users[1].innerText.includes('greedy') &&
+               bots[1].innerText.toLowerCase().includes('greedy') && ({ANSWER_DONE})(); }}""")
+
+    page.locator(f"{BOT} >> nth=-1").hover()
+    page.locator("#chat button[aria-label='Undo']").last.click()  # undo: the question goes back to the box
+    page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 1")
+    assert page.input_value("#question textarea") == "why are decision trees greedy"
+
+
+def test_refusal_says_when_the_post_filter_caused_it(full_app, page):
+    open_app(page, full_app)
+    page.click("#settings >> text=Settings")
+    page.locator("#post input").click()
+    page.locator("[role=option]", has_text="Random Forest").click()
+    page.wait_for_selector("#filter-row >> text=Searching only")  # the filter is shown next to the box
+    answer = ask(page, "How does DBSCAN work?")
+    text = answer.inner_text()
+    assert "The posts don't cover this" in text and "Only Random Forest" in text
+    assert "Clustering" in text and "All posts" in text  # who covers it, and how to search there
+    new_conversation(page)  # a new conversation starts without the filter
+    page.wait_for_selector("#filter-row", state="hidden")
+    assert "All posts" in page.locator("#post input").input_value()
+
+
+def test_feedback_keeps_one_vote_per_answer_with_a_comment(full_app, page):
+    open_app(page, full_app)
+    ask(page, COVERED)
+    ask(page, KMEANS)
+
+    def lines():
+        return [json.loads(x) for x in full_app.feedback.read_text().splitlines()] if full_app.feedback.exists() else []
+
+    def wait_for(check):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if check(lines()):
+                return lines()
+            time.sleep(0.2)
+        pytest.fail(f"feedback file: {lines()}")
+
+    mine = lambda ls: [x for x in ls if x["question"] in (COVERED, KMEANS)]  # noqa: E731
+    page.locator("#chat button[aria-label='Like']").first.click()
+    wait_for(lambda ls: [(x["question"], x["vote"]) for x in mine(ls)] == [(COVERED, "up")])
+    page.wait_for_selector("#comment-row", state="visible")
+    page.locator("#chat button[aria-label='Dislike']").first.click()  # changed: replaces the earlier vote
+    wait_for(lambda ls: [(x["question"], x["vote"]) for x in mine(ls)] == [(COVERED, "down")])
+    page.fill("#comment textarea", "it should say what the 36.8% means")
+    page.click("#send-comment")
+    votes = wait_for(lambda ls: [x.get("comment") for x in mine(ls)] == ["it should say what the 36.8% means"])
+    page.locator("#chat button[aria-label='Like']").last.click()
+    votes = wait_for(lambda ls: len(mine(ls)) == 2)
+    assert sorted((x["question"], x["vote"]) for x in mine(votes)) == sorted([(COVERED, "down"), (KMEANS, "up")])
+    for v in mine(votes):
+        assert v["answer"] and v["timestamp"] and v["sources"][0]["url"].startswith(POST_URL)
+    assert page.locator(".toast-wrap .toast-body").count() <= 1  # no pile of toasts
+
+    # the command turns them into candidate eval questions, marked for review
+    done = run_rag("feedback", "--file", str(full_app.feedback), "--index", str(full_app.settings.index_dir))
+    assert done.returncode == 0, done.stderr
+    candidates = {c["question"]: c for c in map(json.loads, done.stdout.splitlines())}
+    liked, disliked = candidates[KMEANS], candidates[COVERED]
+    assert liked["review"]["status"] == disliked["review"]["status"] == "todo"
+    sections = [s["text"] for v in mine(votes) if v["question"] == KMEANS for s in v["sources"]]
+    assert liked["evidence"] and all(any(e in text for text in sections) for e in liked["evidence"])  # verbatim
+    assert liked["answer"] and liked["post_title"] == "Clustering: Interview Questions & Answers"
+    assert disliked["answer"] == "" and disliked["evidence"] == []  # the reviewer writes them
+    assert disliked["review"]["comments"] == ["it should say what the 36.8% means"]
+
+
+# ------------------------------------------------------------------ persistence and export
+
+
+def test_reload_keeps_the_conversation_and_export_has_its_sources(full_app, page):
+    open_app(page, full_app)
+    ask(page, KMEANS)
+    ask(page, DBSCAN_FOLLOWUP)
+    page.locator("#chat button[aria-label='Like']").last.click()
+    time.sleep(1)
+    page.reload()
+    open_app(page, full_app)
+    page.wait_for_function(f"() => document.querySelectorAll('{USER}').length === 2")
+    assert page.locator(USER).all_inner_texts() == [KMEANS, DBSCAN_FOLLOWUP]
+    assert page.locator("#sources section.turn").count() == 2
+    page.locator(f"{BOT} >> nth=0").locator("a[href^='#source-']").first.click()  # old citations still work
+    page.wait_for_function(MARK_IN_VIEW)
+    answer = ask(page, "and how do I pick its parameters?")  # the restored turns are the follow-up's history
+    assert "DBSCAN" in page.inner_text("#sources section.turn:not([hidden])") or "DBSCAN" in answer.inner_text()
+
+    with page.expect_download() as download:
+        page.click("#export")
+    markdown = Path(download.value.path()).read_text()
+    assert markdown.count("\n## ") == 3 and KMEANS in markdown and DBSCAN_FOLLOWUP in markdown
+    assert "Clustering: Interview Questions & Answers" in markdown and f"<{POST_URL}" in markdown
+    assert "\n  > " in markdown  # the sentences each answer rests on are quoted
+
+
+# ------------------------------------------------------------------ practice
+
+
+def test_practice_tab_asks_grades_and_asks_again(full_app, page, tmp_path):
+    open_app(page, full_app)
+    page.click("button[role=tab]:has-text('Practice')")
+    page.click("#practice-new")
+    page.wait_for_function("() => document.querySelector('#practice-question').innerText.includes('?')")
+    question = page.inner_text("#practice-question")
+    page.fill("#practice-answer textarea", "I don't know.")
+    page.click("#practice-grade")
+    page.wait_for_selector("#practice-result .score", timeout=120_000)
+    screenshot(page, "practice.png", tmp_path, full_page=True)
+    result = page.inner_text("#practice-result")
+    assert re.search(r"\b\d{1,3}/100", result)
+    assert "You missed" in result and page.locator("#practice-result li.missed").count() >= 1
+    assert page.locator("#practice-result li.missed a.external").first.get_attribute("href").startswith("https://")
+    assert page.locator("#practice-result .reference mark").count() >= 1  # the post's answer, key points marked
+    page.click("#practice-next")
+    page.wait_for_function("q => { const t = document.querySelector('#practice-question').innerText;"
+                           " return t.includes('?') && t !== q; }", arg=question)
+    page.wait_for_selector("#practice-result", state="hidden")
+    page.click("#practice-progress")
+    page.wait_for_selector("#practice-chart img", timeout=30_000)  # the progress chart per post
+
+
+# ------------------------------------------------------------------ the APIs
 
 
 def test_api_gives_what_chat_ask_gives(full_app):
@@ -260,28 +600,91 @@ def test_api_gives_what_chat_ask_gives(full_app):
     assert followup["answer"] == expected["answer"] and followup["citations"] == expected["citations"]
     assert "DBSCAN" in followup["answer"]
     # the post filter and k are passed through
-    guid = "https://dshandbook.substack.com/p/random-forest-interview-questions"
-    only = api.predict(COVERED, "[]", "extractive", guid, 2, api_name="/ask")
+    only = api.predict(COVERED, "[]", "extractive", RANDOM_FOREST, 2, api_name="/ask")
     assert len(only["retrieved"]) <= 2 and {r["post_title"] for r in only["retrieved"]} == \
         {"Random Forest: Interview Questions & Answers"}
 
 
-def test_generator_mode_through_api_and_browser(full_app, page):
-    """The language-model answer mode (copy-constrained generation) once, end to end."""
-    default = "grounded"
-    got = client(full_app).predict(COVERED, "[]", default, "", 0, api_name="/ask")
-    expected = Chat(full_app.settings).ask(COVERED, mode=default).to_json()
-    assert got["mode"] == default and got["answer"] == expected["answer"]
-    assert got["citations"] == expected["citations"]
+@pytest.mark.parametrize("history, k, message", [
+    ("[[1, 2]]", 0, "pairs of strings"),  # issue 14 row 6: the CLI's validation, one message
+    (json.dumps([["x" * 1_000_000, "an answer"]]), 0, "turn 1's question is 1,000,000 characters"),  # row 7
+    ("[]", -5, "from 1 to 20"),
+    ("[]", 10**6, "from 1 to 20"),
+    ("{not json", 0, "not valid JSON"),
+])
+def test_ask_api_validates_history_and_k(full_app, history, k, message):
+    log_before = len(full_app.output())
+    with pytest.raises(Exception) as failure:
+        client(full_app).predict(COVERED, history, "extractive", "", k, api_name="/ask")
+    assert message in str(failure.value)
+    assert "Traceback" not in full_app.output()[log_before:]
 
-    open_app(page, full_app)
-    page.click("#settings >> text=Settings")
-    page.locator("#mode label", has_text=default).click()
-    answer = ask(page, COVERED, label=f"{COVERED} ({default} mode, model loaded)")
-    words = [w for w in expected["answer"].replace("*", "").split() if w.isalpha()][:5]
-    assert all(w in answer.inner_text() for w in words), (words, answer.inner_text())
-    if expected["citations"]:
-        assert answer.locator(f"a[href^='{POST_URL}']").count() >= 1
+
+def test_openai_compatible_endpoint(full_app):
+    import openai
+
+    api = openai.OpenAI(base_url=f"{full_app.url}v1", api_key="not-needed-on-loopback", max_retries=0)
+    assert "interview-prep" in [m.id for m in api.models.list()]
+    chat = Chat(full_app.settings)
+    expected = chat.ask(KMEANS, mode="extractive").to_json()
+    reply = api.chat.completions.create(model="interview-prep-extractive",
+                                        messages=[{"role": "system", "content": "be brief"},
+                                                  {"role": "user", "content": KMEANS}])
+    content = reply.choices[0].message.content
+    assert content.startswith(expected["answer"]) and "Sources:" in content
+    assert reply.sources == expected["citations"] and reply.refused is False
+
+    # streaming, with the conversation as history
+    stream = api.chat.completions.create(
+        model="interview-prep-extractive", stream=True,
+        messages=[{"role": "user", "content": KMEANS}, {"role": "assistant", "content": content},
+                  {"role": "user", "content": DBSCAN_FOLLOWUP}])
+    pieces, last = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        last = chunk
+    expected = chat.ask(DBSCAN_FOLLOWUP, [(KMEANS, content)], mode="extractive").to_json()
+    assert "".join(pieces).startswith(expected["answer"])
+    assert last.choices[0].finish_reason == "stop" and last.sources == expected["citations"]
+
+    refused = api.chat.completions.create(model="interview-prep-extractive",
+                                          messages=[{"role": "user", "content": "how do I bake sourdough"}])
+    assert refused.refused is True and refused.sources == []
+    with pytest.raises(openai.BadRequestError, match="keep it under"):
+        api.chat.completions.create(model="interview-prep", messages=[{"role": "user", "content": "x" * 3000}])
+    with pytest.raises(openai.NotFoundError, match="unknown model"):
+        api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_openai_endpoint_answers_other_machines_only_with_the_key(full_index):
+    """The /v1 routes of the app (rag.openai_api) with a client address that is not loopback: refused,
+    unless `api_key` is set and sent."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from rag.openai_api import router
+
+    settings, _ = full_index
+    body = {"model": "interview-prep-extractive", "messages": [{"role": "user", "content": COVERED}]}
+    for key, header, status in (("", None, 403), ("s3cret", None, 401), ("s3cret", "Bearer nope", 401),
+                                ("s3cret", "Bearer s3cret", 200)):
+        server = FastAPI()
+        server.include_router(router(Chat(settings.replace(api_key=key))))
+        remote = TestClient(server, client=("192.0.2.7", 50000))
+        headers = {"Authorization": header} if header else {}
+        assert remote.get("/v1/models", headers=headers).status_code == status, (key, header)
+        reply = remote.post("/v1/chat/completions", json=body, headers=headers)
+        assert reply.status_code == status, reply.text
+        if status == 200:
+            assert "Out-of-Bag" in reply.json()["choices"][0]["message"]["content"]
+        else:
+            assert reply.json()["error"]["message"]
+    local = TestClient(server, client=("127.0.0.1", 50000))  # this machine needs no key
+    assert local.post("/v1/chat/completions", json=body).status_code == 200
+
+
+# ------------------------------------------------------------------ load, sessions, safety, rebuilds
 
 
 def test_ten_concurrent_conversations_do_not_mix(full_app):
@@ -313,11 +716,9 @@ def test_ten_concurrent_conversations_do_not_mix(full_app):
 
 
 def test_two_browser_sessions_keep_their_own_conversations(full_app, chromium):
-    pages = []
-    for _ in range(2):
-        context = chromium.new_context()
-        pages.append(context.new_page())
-        open_app(pages[-1], full_app)
+    pages = [new_page(chromium) for _ in range(2)]
+    for p in pages:
+        open_app(p, full_app)
     a, b = pages
     turns = [(KMEANS, COVERED), (DBSCAN_FOLLOWUP, "and how is it computed?")]
     for qa, qb in turns:  # both sessions ask at the same time
@@ -325,28 +726,10 @@ def test_two_browser_sessions_keep_their_own_conversations(full_app, chromium):
         for p, before, start in pending:
             wait_answer(p, before, start, "concurrent session")
         assert "Clustering" in a.inner_text("#sources") and "Random Forest" in b.inner_text("#sources")
-    assert a.locator("#chat [data-testid=user]").all_inner_texts() == [KMEANS, DBSCAN_FOLLOWUP]
-    assert b.locator("#chat [data-testid=user]").all_inner_texts() == [COVERED, "and how is it computed?"]
+    assert a.locator(USER).all_inner_texts() == [KMEANS, DBSCAN_FOLLOWUP]
+    assert b.locator(USER).all_inner_texts() == [COVERED, "and how is it computed?"]
     for p in pages:
-        p.context.close()
-
-
-def test_thumbs_up_and_down_append_feedback_lines(full_app, page):
-    open_app(page, full_app)
-    ask(page, COVERED)
-    page.locator("#chat button[aria-label='Like']").last.click()
-    ask(page, KMEANS)
-    page.locator("#chat button[aria-label='Dislike']").last.click()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        lines = full_app.feedback.read_text().splitlines() if full_app.feedback.exists() else []
-        if len(lines) >= 2:
-            break
-        time.sleep(0.2)
-    votes = [json.loads(line) for line in lines]
-    assert [(v["question"], v["vote"]) for v in votes] == [(COVERED, "up"), (KMEANS, "down")]
-    for v in votes:
-        assert v["answer"] and v["timestamp"] and v["sources"][0]["url"].startswith(POST_URL)
+        check_and_close(p)
 
 
 def test_scripts_in_posts_and_questions_are_shown_as_text(small_app, page):
@@ -358,7 +741,7 @@ def test_scripts_in_posts_and_questions_are_shown_as_text(small_app, page):
     assert "<script>alert(1)</script>" in page.inner_text("#sources")
     hostile = "Is <script>alert(2)</script> or <img src=x onerror=alert(4)> escaped?"
     ask(page, hostile)
-    assert page.locator("#chat [data-testid=user]").last.inner_text() == hostile
+    assert page.locator(USER).last.inner_text() == hostile
     assert page.locator("#chat script, #sources script, #chat img, #sources img").count() == 0
     page.wait_for_timeout(1000)  # a dialog would have fired by now; the page fixture checks none did
 
@@ -369,8 +752,10 @@ def test_rebuilt_index_is_served_without_restart(small_app, page):
     before = api.predict(question, "[]", "extractive", "", 0, api_name="/ask")
     assert BOOSTING_TITLE not in {c["post_title"] for c in before["citations"]}
     open_app(page, small_app)
+    assert "2 posts" in page.inner_text("#status")
     old_generation = current_generation(small_app.settings.index_dir)
-    assert old_generation in page.inner_text("#status")
+    page.click("#settings >> text=Settings")  # the index details: which generation is served
+    page.wait_for_function(f"() => document.querySelector('#about').innerText.includes('{old_generation}')")
 
     feed = write_feed(small_app.out / "feed2.xml", keep=[9],
                       new=[(XSS_GUID, XSS_TITLE, XSS_HTML), (BOOSTING_GUID, BOOSTING_TITLE, NEW_POST_HTML)])
@@ -381,7 +766,9 @@ def test_rebuilt_index_is_served_without_restart(small_app, page):
 
     ask(page, question)
     assert BOOSTING_TITLE in page.inner_text("#sources")
-    page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('{new_generation}')",
-                           timeout=30_000)
+    # the switch is a visible state: the status and a note say so, the details name the new generation
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('3 posts')", timeout=30_000)
+    page.wait_for_selector("#banner >> text=Index updated")
+    page.wait_for_function(f"() => document.querySelector('#about').innerText.includes('{new_generation}')")
     after = api.predict(question, "[]", "extractive", "", 0, api_name="/ask")
     assert BOOSTING_TITLE in {c["post_title"] for c in after["citations"]}
