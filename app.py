@@ -40,6 +40,7 @@ from rag.settings import Settings, load_settings  # noqa: E402
 from rag.web import asset  # noqa: E402
 from rag.web.chat import ChatUI  # noqa: E402
 from rag.web.practice import PracticeUI  # noqa: E402
+from rag.watch import FeedWatcher  # noqa: E402
 from rag.web.state import GeneratorLoader  # noqa: E402
 
 log = logging.getLogger("app")
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         app.chat.retriever.search("warm up")  # first-query costs paid before the first user arrives
         if MODES[settings.answer_mode].uses_generator:
             app.loader.start()  # the page serves meanwhile and says the model is loading
+        # new posts in the feed are indexed in-process and switched in atomically; the status line says so
+        app.chat_ui.watcher = FeedWatcher(settings).start()
         server = app.server()
     except RagError as e:
         print(f"app: error: {e}", file=sys.stderr)

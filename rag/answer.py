@@ -17,7 +17,6 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from .chunking import section_title
 from .conversation import check_history, check_k, check_question, follow_up
 from .grounding import best_support, supported
 from .modes import Pending, get_mode, trimmed
@@ -75,6 +74,7 @@ class Answer:
                                                                                "text")} for c in self.citations],
                 "timings": {k: round(v, 4) for k, v in self.timings.items()},
                 "query": self.query, "mode": self.mode, "generator": self.generator, "draft": self.draft or None,
+                "suggestions": self.suggestions,
                 "retrieved": [{"post_title": p.post_title, "section": p.section, "text": p.text}
                               for p in self.passages]}
 
@@ -215,10 +215,12 @@ class Chat:
         answer.done = True
 
     def _refuse(self, answer: Answer, retrieval: Retrieval, start: float) -> Answer:
+        """The fixed refusal, no model. The nearest sections are offered only when they are near at all: for
+        "how do I bake sourdough?" a fraud-detection section is no suggestion."""
         answer.refused = True
-        answer.suggestions = _suggestions(retrieval.passages)
-        closest = "; ".join(f"{section_title(p.section)} ({p.post_title})" for p in retrieval.passages[:3])
-        answer.answer = NOT_COVERED + (f" The closest sections are: {closest}." if closest else "")
+        answer.answer = NOT_COVERED
+        near = max(retrieval.signals.get("dense", 0.0), retrieval.signals.get("heading", 0.0))
+        answer.suggestions = _suggestions(retrieval.passages) if near >= self.settings.suggest_similarity else []
         answer.timings["first_token"] = answer.timings["total"] = time.perf_counter() - start
         answer.done = True
         return answer

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from .errors import RagError
 from .text import content_words
 
-FOLLOWUP_START = re.compile(r"^(and|or|but|also|what about|how about|what if|then|so|same for|and for|and what|"
-                            r"and how|and why|why|how come)\b", re.I)
+# Openings that only make sense after another question. "why", "so", "then", "or" and "but" open complete
+# questions just as often: counting them joined many standalone dev questions to an unrelated earlier turn
+# (docs/eval.md, "after an unrelated turn").
+FOLLOWUP_START = re.compile(r"^(and|also|what about|how about|what if|same for|and for|and what|and how|and why)\b",
+                            re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
 MAX_K = 20  # sections a question may ask for: more only slows the answer and floods the Sources panel
 

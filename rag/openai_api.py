@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from .answer import Chat
 from .chunking import section_title
 from .errors import RagError
-from .modes import MODES, get_mode
+from .modes import MODES
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,6 @@ def _chunk(reply: dict, delta: dict, finish: str | None = None, **extra) -> byte
 async def _events(chat: Chat, plan, reply: dict, slots: "Slots"):
     """Server-sent events of one answer. A client that goes away closes this generator, which closes the
     answer's stream (in a thread: closing waits for the model's current step) and with it the generation."""
-    revises = hasattr(get_mode(plan.mode), "revise")
     yield _chunk(reply, {"role": "assistant", "content": ""})
     async with slots.get():
         stream = chat.stream_plan(plan)
@@ -206,7 +205,7 @@ async def _events(chat: Chat, plan, reply: dict, slots: "Slots"):
                     break
                 answer = latest
                 text = answer.answer
-                if (answer.done or not revises) and text.startswith(sent) and len(text) > len(sent):
+                if text.startswith(sent) and len(text) > len(sent):  # checked text only: it never changes
                     yield _chunk(reply, {"content": text[len(sent):]})
                     sent = text
             final = answer.to_json()

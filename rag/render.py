@@ -58,6 +58,7 @@ def turn_record(answer, *, turn_id: str, post: str | None = None, post_title: st
     """The plain record of one answered question (from a `rag.answer.Answer`), as stored and rendered."""
     return {"turn_id": turn_id, "question": answer.question, "answer": answer.answer, "refused": answer.refused,
             "mode": answer.mode, "generator": answer.generator, "done": answer.done,
+            "pending": "" if answer.done else answer.pending,
             "post": post, "post_title": post_title,
             "citations": [asdict(c) for c in answer.citations],
             "suggestions": list(answer.suggestions), "elsewhere": elsewhere or [],
@@ -257,8 +258,9 @@ def answer_markdown(turn: dict, index: int) -> str:
         return f'[\\[{c["n"]}\\]](#source-{index}-{c["n"]}-{k} "{title}")'
 
     body = CITATION_MARK.sub(link, text)
-    if not turn.get("done", True):
-        body += "\n\n_Checking each sentence against the posts…_" if turn.get("revises") else ""
+    if not turn.get("done", True) and turn.get("pending"):
+        # the sentence the model is still writing: shown apart until the check keeps, replaces or drops it
+        body += (" " if body else "") + f"_{escape(turn['pending'])}…_"
     if turn.get("stopped"):
         partial = turn.get("partial", "")
         body = (partial + "\n\n" if partial else "") + "_Stopped._"

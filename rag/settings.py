@@ -56,6 +56,7 @@ class Settings:
     heading_weight: float = 0.3  # bonus for a section whose heading matches the question
     coverage_model: Path | None = PROJECT_DIR / "rag" / "coverage_model.json"  # `rag calibrate` writes it
     refusal_threshold: float = 0.49  # without a coverage model: the best dense or heading cosine must reach it
+    suggest_similarity: float = 0.35  # a refusal offers the nearest sections when one is at least this similar
     section_words: int = 400  # a cited section shows its subsections up to this many words
 
     # answering

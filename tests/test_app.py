@@ -772,3 +772,30 @@ def test_rebuilt_index_is_served_without_restart(small_app, page):
     page.wait_for_function(f"() => document.querySelector('#about').innerText.includes('{new_generation}')")
     after = api.predict(question, "[]", "extractive", "", 0, api_name="/ask")
     assert BOOSTING_TITLE in {c["post_title"] for c in after["citations"]}
+
+
+def test_new_posts_in_the_watched_feed_are_served_without_a_command(tmp_path, page):
+    """The app watches its feed (rag.watch): a post added to the feed file is indexed in-process and served,
+    and the status line says so, with no `rag index` run by anyone."""
+    feed = write_feed(tmp_path / "feed.xml", keep=[9])
+    app = AppProcess(tmp_path / "index", tmp_path / "app.log", RAG_FEED=str(feed), RAG_WATCH_INTERVAL="1")
+    try:
+        app.wait_until_serving()
+        question = "Why does a small learning rate help gradient boosting?"
+        api = client(app)
+        before = api.predict(question, "[]", "extractive", "", 0, api_name="/ask")
+        assert BOOSTING_TITLE not in {c["post_title"] for c in before["citations"]}
+        write_feed(feed, keep=[9], new=[(BOOSTING_GUID, BOOSTING_TITLE, NEW_POST_HTML)])
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            after = api.predict(question, "[]", "extractive", "", 0, api_name="/ask")
+            if BOOSTING_TITLE in {c["post_title"] for c in after["citations"]}:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"the new post was not served within 180 s:\n{app.output()[-3000:]}")
+        open_app(page, app)
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('feed:')", timeout=30_000)
+        assert "2 posts" in page.inner_text("#status")
+    finally:
+        app.stop()

@@ -28,7 +28,7 @@ from ..conversation import QuestionError, check_question
 from ..errors import RagError
 from ..feedback import FeedbackError, FeedbackStore
 from ..generate import readable_name
-from ..modes import MODES, get_mode
+from ..modes import MODES
 from .state import GeneratorLoader, Sessions, index_build_started
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ def votes_for(turns: list[dict]) -> list[str | None]:
     return [{"up": "Like", "down": "Dislike"}.get(t.get("vote")) for t in turns]
 
 
+FEED_NEWS = 15 * 60  # seconds a feed update or error stays on the status line
+
+
 class ChatUI:
     def __init__(self, chat: Chat, loader: GeneratorLoader, feedback: FeedbackStore, export_dir: Path):
         self.chat, self.settings, self.loader, self.feedback = chat, chat.settings, loader, feedback
@@ -70,6 +73,7 @@ class ChatUI:
         self.export_dir = Path(export_dir)
         self.export_dir.mkdir(parents=True, exist_ok=True)
         self._last_generation: tuple[str, float] | None = None  # (generation, when it was first seen)
+        self.watcher = None  # rag.watch.FeedWatcher, when the app watches the feed: its news joins the status line
 
     # ------------------------------------------------------------------ asking
 
@@ -142,7 +146,6 @@ class ChatUI:
             gr.Warning(str(e), duration=6)
             messages.pop()
             return
-        revises = hasattr(get_mode(plan.mode), "revise")
         waiting = self.loader.needed(plan.mode)
         messages.append(_message("assistant", LOADING if waiting else "…"))
         if waiting:
@@ -162,8 +165,7 @@ class ChatUI:
                     for answer in stream:
                         if self.sessions.stopping(key):
                             break
-                        partial = {**render.turn_record(answer, turn_id=turn_id, post=post or None,
-                                                        post_title=title), "revises": revises}
+                        partial = render.turn_record(answer, turn_id=turn_id, post=post or None, post_title=title)
                         shown = render.answer_markdown({**partial, "done": True}, index)
                         messages[-1] = _message("assistant", render.answer_markdown(partial, index))
                         yield messages, skip, skip, skip, skip, skip, skip
@@ -393,12 +395,19 @@ class ChatUI:
         elif index.generation != self._last_generation[0]:
             self._last_generation = (index.generation, time.monotonic())
         posts = len(index.posts())
-        line = render.status_line(posts, self.model_state())
+        line = render.status_line(posts, self.model_state()) + self.feed_note()
         about = render.about_markdown(index.manifest, index.generation, readable_name(self.settings.generator))
         choices = gr.Dropdown(choices=self.post_choices()) if index.generation != shown.get("generation") else gr.skip()
         return (line if line != shown.get("line") else gr.skip(), self.banner(),
                 about if about != shown.get("about") else gr.skip(), choices,
                 {"line": line, "about": about, "generation": index.generation})
+
+    def feed_note(self) -> str:
+        """What the feed watch last did, while it is news: an update or an error (an unchanged feed says nothing)."""
+        status = self.watcher.status if self.watcher is not None else None
+        if status is None or status.state not in ("updated", "error") or time.time() - status.checked_at > FEED_NEWS:
+            return ""
+        return f" · feed: {status.message}"
 
     def examples(self) -> list[str]:
         index = self.chat.retriever.index
