@@ -92,7 +92,8 @@ class Chat:
         if self._generator is None:
             from .generate import load_generator
 
-            self._generator = load_generator(self.settings.generator)
+            s = self.settings
+            self._generator = load_generator(s.generator, dtype=s.generator_dtype, threads=s.generator_threads or None)
         return self._generator
 
     @property

@@ -126,7 +126,7 @@ def _prepare(args, settings) -> int:
     start = time.perf_counter()
     load_embedder(settings.embedder, settings.device, settings.embed_backend)
     loc = generator_location(settings.generator)
-    dtype = resolve_dtype(None)
+    dtype = resolve_dtype(settings.generator_dtype)
     path = prepare_weights(loc, torch.float32 if dtype == "int8" else dtype)
     print(f"embedder {settings.embedder} ready; generator {loc.name} ready in {path} "
           f"({time.perf_counter() - start:.0f} s)")

@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 # Chosen on the measurements in docs/generator.md (bench/generator_bench.py).
 DEFAULT_DTYPE = "bfloat16"
-DEFAULT_THREADS: int | None = None  # None: leave torch's setting alone (it defaults to the number of cores)
 MAX_REPETITION_PENALTY = 1.2
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16, "int8": "int8"}
@@ -121,7 +120,7 @@ def prepare_weights(loc: GeneratorLocation, dtype, cache_dir=None, sha256: str |
 
 def resolve_dtype(dtype) -> torch.dtype | str:
     if dtype is None:
-        dtype = os.environ.get("RAG_GENERATOR_DTYPE") or DEFAULT_DTYPE
+        dtype = DEFAULT_DTYPE
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
@@ -194,7 +193,6 @@ class Generator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         start = time.perf_counter()
-        threads = threads if threads is not None else DEFAULT_THREADS
         if threads:
             torch.set_num_threads(int(threads))
         self.dtype = resolve_dtype(dtype)

@@ -32,6 +32,8 @@ class Settings:
     # models: a packaged name, a Hugging Face id or a local directory / .gguf file
     embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
     generator: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"  # packaged; "SmolLM2-135M-Instruct" for small machines
+    generator_dtype: str = "bfloat16"  # or "float32", "int8" (docs/generator.md has the measurements)
+    generator_threads: int = 0  # torch threads for the model; 0: torch's default, one per core
     device: str = "cpu"
     embed_batch_size: int = 32
     embed_backend: str = "openvino"  # one of rag.embed_backends.BACKENDS; recorded in the index manifest
