@@ -116,7 +116,7 @@ def _practice(args, settings) -> int:
     if args.json:
         print(json.dumps(practice.next_question(post=args.post).to_json(), ensure_ascii=False))
         return 0
-    return session(practice, args.post)
+    return session(practice, args.post, color=sys.stdout.isatty())
 
 
 def build_parser() -> argparse.ArgumentParser:

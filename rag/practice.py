@@ -388,7 +388,7 @@ class GradingWeights:
     """How coverage of a key point is measured and turned into a score; chosen on the dev split of
     eval/practice_grades.jsonl only (`python -m rag.eval.grading --tune`, docs/practice.md)."""
     dense: float = 0.7  # weight of embedding similarity against term overlap
-    low: float = 0.35  # combined similarity at which a key point starts to count ...
+    low: float = 0.4  # combined similarity at which a key point starts to count ...
     high: float = 0.65  # ... and at which it counts fully
     target: float = 0.7  # mean coverage of the key points that earns 100: nobody says every sentence
     curve: float = 1.0  # score = 100 * (coverage / target) ** curve: below 1 credits a first point more
@@ -400,7 +400,8 @@ class GradingWeights:
 
 
 # The weights used with a LikelihoodJudge (chosen with it on dev; docs/practice.md)
-JUDGED_WEIGHTS = GradingWeights(judge=0.25, judge_low=0.25, judge_high=1.0)
+JUDGED_WEIGHTS = GradingWeights(dense=0.6, low=0.4, high=0.7, target=0.8, curve=0.8, rival_margin=0.0,
+                                judge=0.25, judge_low=0.25, judge_high=1.0)
 
 
 def default_weights(judged: bool) -> GradingWeights:
@@ -410,8 +411,6 @@ def default_weights(judged: bool) -> GradingWeights:
 # A judge scores an answer to a question whose key points are given (LikelihoodJudge: nats per token), or
 # returns None to abstain; GradingWeights maps its value to 0..1 and blends it in.
 Judge = Callable[["PracticeQuestion", Sequence["KeyPoint"], str], "float | None"]
-
-
 
 JUDGE_MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 
@@ -525,15 +524,22 @@ def measure(question: str, point_texts: list[str], point_vectors: np.ndarray, an
     answer_stems, question_stems = stems(answer), stems(question)
     if _DONT_KNOW.match(answer) or not content_words(answer):
         return Evidence(np.zeros(n), np.zeros(n), empty=True)
-    # The question pasted back (or little more) states nothing: its terms are free for the asking.
-    new_terms = answer_stems - question_stems
-    if len(new_terms) <= 2 or len(new_terms) <= 0.2 * len(answer_stems):
+    if echoes(question, answer):
         return Evidence(np.zeros(n), np.zeros(n), echo=True)
     units = embed(model, answer_units(answer))
     dense, terms = _point_evidence(question_stems, point_texts, point_vectors, units, answer_stems)
     others = tuple(Rival(rq, *_point_evidence(stems(rq), texts, vectors, units, answer_stems))
                    for rq, texts, vectors in rivals if len(texts))
     return Evidence(dense, terms, rivals=others)
+
+
+def echoes(question: str, answer: str) -> bool:
+    """The question pasted back, or little more: its terms are free for the asking, so it states nothing.
+    (A short answer in words of its own, "It just picks one of them.", is graded, not refused.)"""
+    answer_stems, question_stems = stems(answer), stems(question)
+    new_terms = answer_stems - question_stems
+    return (len(answer_stems & question_stems) >= min(2, len(question_stems))
+            and len(new_terms) <= max(1, 0.2 * len(answer_stems)))
 
 
 def coverage_of(dense: np.ndarray, terms: np.ndarray, weights: GradingWeights) -> np.ndarray:
@@ -697,10 +703,11 @@ class Practice:
         """Grade an answer; with `record`, store the attempt and move the question between Leitner boxes.
         Bad input (empty, oversized, no words, the question pasted back, an unknown id) raises
         PracticeError before anything is written."""
-        q, points, evidence = self.evidence(question_id, answer)
-        if evidence.echo:
+        q = self.question(question_id)
+        answer = validate_answer(answer)
+        if echoes(q.question, answer):  # refused before any model runs
             raise PracticeError(f"{ECHO_NOTE} (the answer is little more than the question)")
-        answer = answer.strip()
+        q, points, evidence = self.evidence(q.id, answer)
         verdict = self._verdict(q, points, answer) if self.judge and not evidence.empty else None
         score, coverage, note = combine(evidence, self.weights, verdict, [p.weight for p in points])
         grade = Grade(q, answer, score, score >= PASS_SCORE, points, coverage, note)
@@ -781,14 +788,26 @@ def format_question(q: PracticeQuestion) -> str:
     return f"\n{q.question}\n  ({q.post_title} — {q.heading})\n  {q.url}"
 
 
-def format_grade(g: Grade) -> str:
+def highlighted(g: Grade, color: bool = False) -> str:
+    """The post's answer as plain text with each key point marked where it stands: [n+] covered, [n-]
+    missed (green and red on a terminal)."""
+    text = plain(g.reference)
+    for p, c in zip(g.points, g.coverage):
+        mark = f"[{p.n}{'+' if c >= 0.5 else '-'}]"
+        if color:
+            mark = f"\033[{'32' if c >= 0.5 else '31'}m{mark}\033[0m"
+        text = text.replace(plain(p.text), f"{plain(p.text)} {mark}", 1)
+    return text
+
+
+def format_grade(g: Grade, color: bool = False) -> str:
     lines = [f"\nScore {g.score}/100 — {'pass' if g.passed else 'not yet'}" + (f" ({g.note})" if g.note else "")]
     for title, points in (("You covered", g.covered), ("You missed", g.missed)):
         if points:
             lines.append(f"{title}:")
             lines += [f"  [{p.n}] {plain(p.text)}" for p in points]
-    lines.append("The post's answer:")
-    lines += ["  " + line if line.strip() else "" for line in plain(g.reference).splitlines()]
+    lines.append("The post's answer ([n+] covered, [n-] missed):")
+    lines += ["  " + line if line.strip() else "" for line in highlighted(g, color).splitlines()]
     lines.append(f"Sources ({g.question.post_title}):")
     by_url: dict[str, list[int]] = {}
     for p in g.points:
@@ -812,7 +831,7 @@ def format_stats(stats: list[PostStats]) -> str:
 
 
 def session(practice: Practice, post: str | None = None, read: Callable[[str], str] = input,
-            write: Callable[[str], None] = print) -> int:
+            write: Callable[[str], None] = print, color: bool = False) -> int:
     """The terminal drill: ask, read one line, grade, show, next; an empty line or end of input quits."""
     last: list[str] = []
     write("Answer in your own words on one line; an empty line quits.")
@@ -828,7 +847,7 @@ def session(practice: Practice, post: str | None = None, read: Callable[[str], s
             if not answer.strip():
                 return 0
             try:
-                write(format_grade(practice.grade(q.id, answer)))
+                write(format_grade(practice.grade(q.id, answer), color=color))
                 break
             except PracticeError as e:  # too long, no words: say so and let them answer again
                 write(f"  {e}")

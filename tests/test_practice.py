@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import sqlite3
 import time
@@ -379,6 +380,7 @@ def test_cli_contract(shared, tmp_path):
                 input="Random Forest averages many decorrelated trees trained on bootstrap samples.\n\n")
     assert r.returncode == 0, r.stderr
     assert "Score" in r.stdout and "The post's answer" in r.stdout and r.stdout.count("> ") >= 2
+    assert re.search(r"\[\d[+-]\]", r.stdout) and "\033[" not in r.stdout  # key points marked; no colour in a pipe
     r = run_rag("practice", "--stats", "--json", *common)
     assert sum(s["attempts"] for s in json.loads(r.stdout)) == 2
 
@@ -410,10 +412,12 @@ def test_grading_eval_writes_its_report(shared, tmp_path):
     small = tmp_path / "grades.jsonl"
     small.write_text("".join(json.dumps({**r, "split": split[r["question_id"]]}) + "\n" for r in rows))
     out = tmp_path / "run"
-    assert grading_main(["--grades", str(small), "--out", str(out), "--index", str(shared.settings.index_dir)]) == 0
+    assert grading_main(["--grades", str(small), "--out", str(out), "--index", str(shared.settings.index_dir),
+                         "--bounds", "labeled"]) == 0
     report = json.loads((out / "metrics.json").read_text())
+    assert list(report["graders"]) == ["embeddings"] and report["graders"]["embeddings"]["product_defaults"]
     for s in ("dev", "test"):
-        m = report["splits"][s]
+        m = report["graders"]["embeddings"]["splits"][s]
         assert m["n"] == 12 and -1 <= m["spearman"] <= 1 and sum(m["confusion"].values()) == 12
         assert set(m["checks"]) == {"own_answer", "dont_know", "other_answer", "pasted_question"}
     assert len((out / "results.jsonl").read_text().splitlines()) == 24

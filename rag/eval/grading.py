@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune", action="store_true", help="choose the grading weights on the dev split (cross-validated)")
     ap.add_argument("--judge", metavar="MODEL", help="also measure the likelihood judge with this generator "
                     "(e.g. Qwen/Qwen2.5-Coder-0.5B-Instruct); with --tune its weights join the grid")
+    ap.add_argument("--bounds", choices=("all", "labeled"), default="all", help="run dev's bounds on every "
+                    "question in neither split too (all), or on the labeled questions only (quick)")
     ap.add_argument("--splits", default="dev,test", help="splits to score: 'dev' while developing keeps the "
                     "test split unseen (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -354,7 +356,8 @@ def run(args) -> int:
             row["resolved_id"] = resolve(practice, row).id
         rows = [r for r in every_row if r["split"] in splits]
         labeled = list(dict.fromkeys(r["resolved_id"] for r in rows))
-        practice._key_points(practice.questions())  # every question's key points in one embedding batch
+        if args.bounds == "all":
+            practice._key_points(practice.questions())  # every question's key points in one embedding batch
 
         def table(pairs, desc) -> Table:
             evidence, verdicts = [], []
@@ -370,48 +373,62 @@ def run(args) -> int:
                 for s in splits}
         # The bounds need no labels, so every question that is in neither split joins dev's: tuning keeps
         # them on hundreds of questions, and the test questions stay unseen.
-        if "dev" in pool:
+        if "dev" in pool and args.bounds == "all":
             pool["dev"] += [q for q in practice.questions() if q.id not in {r["resolved_id"] for r in every_row}]
         post_of = {q.id: q.post_title for q in practice.questions()}
         items = {s: check_answers(practice, qs) for s, qs in pool.items()}
         checks = {s: table([(qid, a) for _, qid, a in items[s]], f"bounds ({s})") for s in items}
         index_path = str(practice.index.path)
-    if len(splits) == 2:  # dev's pool and test's are every question of the index
+    if len(splits) == 2 and args.bounds == "all":  # dev's pool and test's are every question of the index
         items["every question"] = items["dev"] + items["test"]
         checks["every question"] = Table(checks["dev"].evidence + checks["test"].evidence, None if judge is None
                                          else np.concatenate([checks["dev"].verdicts, checks["test"].verdicts]))
 
-    dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
-    dev_rows = [rows[i] for i in dev]
-    weights, cv = default_weights(judge is not None), None
-    if args.tune:
-        weights, _ = tune(dev_rows, answers.subset(dev), items["dev"], checks["dev"], judge is not None)
-        cv_scores, folds = cross_validate(dev_rows, answers.subset(dev), items["dev"], checks["dev"], post_of,
-                                          judge is not None)
-        cv = {**metrics(dev_rows, cv_scores), "folds": folds}
-    answers.verify(weights)
-    scores = answers.scores(weights)
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": args.command,
               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python "
                          f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
-              "grades_file": str(args.grades), "seed": SEED, "index": index_path, "weights": asdict(weights),
-              "tuned_on_dev": bool(args.tune), "judge": args.judge, "pass_score": PASS_SCORE, "splits": {}}
-    for s in splits:
-        idx = [i for i, r in enumerate(rows) if r["split"] == s]
-        report["splits"][s] = {**metrics([rows[i] for i in idx], scores[idx]),
-                               "checks": check_results(items[s], checks[s].scores(weights))}
-    if cv is not None:
-        report["dev_cross_validated"] = cv
-    if "every question" in items:
-        report["every_question"] = {"checks": check_results(items["every question"],
-                                                            checks["every question"].scores(weights))}
+              "grades_file": str(args.grades), "seed": SEED, "index": index_path, "tuned_on_dev": bool(args.tune),
+              "judge": args.judge, "pass_score": PASS_SCORE, "graders": {}}
+    results = [{**{k: r[k] for k in ("question_id", "kind", "grade", "split")}, "answer": r["answer"][:200],
+                "scores": {}} for r in rows]
+    configurations = [("embeddings", False)] + ([("with judge", True)] if judge is not None else [])
+    for name, judged in configurations:
+        keep = (lambda t: t) if judged else (lambda t: Table(t.evidence))  # the same evidence, verdicts or not
+        grader = evaluate(rows, keep(answers), items, {s: keep(t) for s, t in checks.items()}, post_of, judged,
+                          args.tune)
+        for r, score in zip(results, grader.pop("scores")):
+            r["scores"][name] = score
+        report["graders"][name] = grader
     report["seconds"] = round(time.perf_counter() - start, 1)
-    results = [{**{k: r[k] for k in ("question_id", "kind", "grade", "split")}, "score": int(sc),
-                "answer": r["answer"][:200]} for r, sc in zip(rows, scores)]
     write(out, report, results)
     print_report(report)
     print(f"written: {out / 'metrics.json'}, {out / 'results.jsonl'}, {out / 'report.md'}, {out / 'grading.png'}")
     return 0
+
+
+def evaluate(rows, answers: Table, items: dict, checks: dict, post_of: dict, judged: bool, tune_weights: bool) -> dict:
+    """One grader's figures: its weights (tuned on dev, or the product's), dev cross-validated, each split,
+    the bounds; and its score of every answer."""
+    dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
+    dev_rows = [rows[i] for i in dev]
+    out: dict = {}
+    weights = default_weights(judged)
+    if tune_weights:
+        weights, _ = tune(dev_rows, answers.subset(dev), items["dev"], checks["dev"], judged)
+        cv_scores, folds = cross_validate(dev_rows, answers.subset(dev), items["dev"], checks["dev"], post_of, judged)
+        out["dev_cross_validated"] = {**metrics(dev_rows, cv_scores), "folds": folds}
+    answers.verify(weights)
+    scores = answers.scores(weights)
+    out.update(weights=asdict(weights), product_defaults=weights == default_weights(judged), splits={})
+    for s in sorted({r["split"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["split"] == s]
+        out["splits"][s] = {**metrics([rows[i] for i in idx], scores[idx]),
+                            "checks": check_results(items[s], checks[s].scores(weights))}
+    if "every question" in items:
+        out["every_question"] = {"checks": check_results(items["every question"],
+                                                         checks["every question"].scores(weights))}
+    out["scores"] = [int(x) for x in scores]
+    return out
 
 
 def write(out: Path, report: dict, results: list[dict]) -> None:
@@ -430,26 +447,28 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"good": "tab:green", "partial": "tab:orange", "wrong": "tab:red", "other": "tab:purple"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    graders = list(results[0]["scores"]) if results else []
+    fig, axes = plt.subplots(len(graders), 2, figsize=(11, 4.4 * len(graders)), sharey=True, squeeze=False)
     rng = np.random.default_rng(0)
-    for ax, split in zip(axes, ("dev", "test")):
-        if not any(r["split"] == split for r in results):
-            ax.set_axis_off()
-            continue
-        for kind, color in colors.items():
-            mine = [r for r in results if r["split"] == split and r["kind"] == kind]
-            x = np.array([r["grade"] for r in mine], float) + rng.uniform(-1.5, 1.5, len(mine))
-            ax.scatter(x, [r["score"] for r in mine], s=18, alpha=0.75, color=color, label=kind)
-        ax.axhline(PASS_SCORE, color="grey", lw=0.8, ls="--")
-        ax.axvline(PASS_SCORE, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{split}: grader score vs reviewer grade")
-        ax.set_xlabel("reviewer grade")
-        ax.set_xlim(-3, 103)
-        ax.set_ylim(-3, 103)
-    axes[0].set_ylabel("practice-mode score")
-    axes[0].legend(loc="upper left", fontsize=8)
+    for row, grader in zip(axes, graders):
+        for ax, split in zip(row, ("dev", "test")):
+            if not any(r["split"] == split for r in results):
+                ax.set_axis_off()
+                continue
+            for kind, color in colors.items():
+                mine = [r for r in results if r["split"] == split and r["kind"] == kind]
+                x = np.array([r["grade"] for r in mine], float) + rng.uniform(-1.5, 1.5, len(mine))
+                ax.scatter(x, [r["scores"][grader] for r in mine], s=18, alpha=0.75, color=color, label=kind)
+            ax.axhline(PASS_SCORE, color="grey", lw=0.8, ls="--")
+            ax.axvline(PASS_SCORE, color="grey", lw=0.8, ls="--")
+            ax.set_title(f"{split}, {grader}: score vs reviewer grade")
+            ax.set_xlabel("reviewer grade")
+            ax.set_xlim(-3, 103)
+            ax.set_ylim(-3, 103)
+        row[0].set_ylabel("practice-mode score")
+        row[0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -470,43 +489,44 @@ def _checks_md(name: str, checks: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    w = report["weights"]
     lines = [f"# Practice grading eval, {report['date']}", "", f"- command: `{report['command']}`",
              f"- machine: {report['machine']}", f"- grades: {report['grades_file']} (split seed {report['seed']}); "
-             f"index: {report['index']}", f"- weights ({'tuned on dev' if report['tuned_on_dev'] else 'defaults'}): "
-             + ", ".join(f"{k} {v}" for k, v in w.items()), f"- judge: {report['judge'] or 'none'}", ""]
-    if "dev_cross_validated" in report:
-        lines += _rows_md("dev, cross-validated (each fold scored at weights tuned on the others)",
-                          report["dev_cross_validated"])
-    for s, m in report["splits"].items():
-        lines += _rows_md(f"{s}{' (tuned on)' if s == 'dev' and report['tuned_on_dev'] else ''}", m)
-        lines += _checks_md(f"the {s} questions", m["checks"])
-    if "every_question" in report:
-        lines += _checks_md("every question of the index", report["every_question"]["checks"])
+             f"index: {report['index']}", f"- judge: {report['judge'] or 'none'}", ""]
+    for name, g in report["graders"].items():
+        source = "tuned on dev" if report["tuned_on_dev"] else "the product's"
+        same = "the product's defaults" if g["product_defaults"] else "not the product's defaults"
+        lines += [f"## Grader: {name}", "", f"weights ({source}; {same}): "
+                  + ", ".join(f"{k} {v}" for k, v in g["weights"].items()), ""]
+        if "dev_cross_validated" in g:
+            lines += _rows_md("dev, cross-validated (each fold scored at weights tuned on the others)",
+                              g["dev_cross_validated"])
+        for s, m in g["splits"].items():
+            lines += _rows_md(f"{s}{' (tuned on)' if s == 'dev' and report['tuned_on_dev'] else ''}", m)
+            lines += _checks_md(f"the {s} questions" + (" and every question in neither split" if s == "dev" else ""),
+                                m["checks"])
+        if "every_question" in g:
+            lines += _checks_md("every question of the index", g["every_question"]["checks"])
     lines += ["![scores against grades](grading.png)", ""]
     return "\n".join(lines)
 
 
 def print_report(report: dict) -> None:
-    w = report["weights"]
-    print("weights: " + ", ".join(f"{k} {v}" for k, v in w.items())
-          + (" (tuned on dev)" if report["tuned_on_dev"] else " (defaults)"))
-    sections = []
-    if "dev_cross_validated" in report:
-        sections.append(("dev-cv", report["dev_cross_validated"]))
-    sections += list(report["splits"].items())
-    for s, m in sections:
-        c = m["confusion"]
-        kinds = "  ".join(f"{k} {v['mean_score']:.0f} (grade {v['mean_grade']:.0f}, pass {v['pass_rate']:.2f})"
-                          for k, v in m["by_kind"].items())
-        print(f"[{s}] n={m['n']}  spearman {m['spearman']:.3f}  pass accuracy {m['pass_accuracy']:.3f}  "
-              f"MAE {m['mae']:.1f}  confusion tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}")
-        print(f"[{s}] by kind: {kinds}")
-        if "checks" in m:
-            print(f"[{s}] bounds: " + "  ".join(f"{k} {v['passed']}/{v['total']}" for k, v in m["checks"].items()))
-    if "every_question" in report:
-        print("[every question] bounds: " + "  ".join(
-            f"{k} {v['passed']}/{v['total']}" for k, v in report["every_question"]["checks"].items()))
+    for name, g in report["graders"].items():
+        print(f"== {name}: " + ", ".join(f"{k} {v}" for k, v in g["weights"].items())
+              + (" (tuned on dev)" if report["tuned_on_dev"] else " (product weights)"))
+        sections = [("dev-cv", g["dev_cross_validated"])] if "dev_cross_validated" in g else []
+        for s, m in sections + list(g["splits"].items()):
+            c = m["confusion"]
+            kinds = "  ".join(f"{k} {v['mean_score']:.0f} (grade {v['mean_grade']:.0f}, pass {v['pass_rate']:.2f})"
+                              for k, v in m["by_kind"].items())
+            print(f"[{s}] n={m['n']}  spearman {m['spearman']:.3f}  pass accuracy {m['pass_accuracy']:.3f}  "
+                  f"MAE {m['mae']:.1f}  confusion tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}")
+            print(f"[{s}] by kind: {kinds}")
+            if "checks" in m:
+                print(f"[{s}] bounds: " + "  ".join(f"{k} {v['passed']}/{v['total']}" for k, v in m["checks"].items()))
+        if "every_question" in g:
+            print("[every question] bounds: " + "  ".join(
+                f"{k} {v['passed']}/{v['total']}" for k, v in g["every_question"]["checks"].items()))
 
 
 if __name__ == "__main__":
