@@ -140,9 +140,9 @@ def _interval(ci) -> str:
 def _practice(args, settings) -> int:
     from dataclasses import asdict
 
-    from .practice import Practice, PracticeError, format_grade, format_stats, session
+    from .practice import LikelihoodJudge, Practice, PracticeError, format_grade, format_stats, session
 
-    practice = Practice(settings, db_path=args.db)
+    practice = Practice(settings, db_path=args.db, judge=None if args.fast else LikelihoodJudge())  # loads on first grade
     if args.stats:
         stats = practice.stats()
         print(json.dumps([asdict(s) for s in stats], ensure_ascii=False) if args.json else format_stats(stats))
@@ -158,7 +158,7 @@ def _practice(args, settings) -> int:
     if args.json:
         print(json.dumps(practice.next_question(post=args.post).to_json(), ensure_ascii=False))
         return 0
-    return session(practice, args.post)
+    return session(practice, args.post, color=sys.stdout.isatty())
 
 
 def _feedback(args, settings) -> int:
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer", metavar="TEXT", help="the answer to grade; '-' reads it from stdin")
     p.add_argument("--stats", action="store_true", help="show progress per post")
     p.add_argument("--db", metavar="FILE", help="progress file (default: <index>/practice.sqlite)")
+    p.add_argument("--fast", action="store_true", help="grade without the 0.5B model (no model load; less "
+                   "accurate, docs/practice.md)")
     p.set_defaults(run=_practice)
 
     p = sub.add_parser("feedback", parents=[common],

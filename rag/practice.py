@@ -4,12 +4,16 @@ answer, and ask again later what they keep missing (Leitner boxes).
     questions   every section whose heading is an interview question ("Q3: What is Out-of-Bag (OOB)
                 error?") is one question and its text (with its sub-sections) the reference answer; other
                 content sections get one ("Explain Business Objective (Start by Clarifying the Problem).")
-    key points  the sentences of the reference that carry its content (no headings, lead-ins, code or
-                examples), at most MAX_KEY_POINTS, chosen deterministically and cached per index generation
+    key points  the sentences of the reference that carry its content (no headings, lead-ins, questions,
+                code or examples), at most MAX_KEY_POINTS, salient and unlike each other, chosen once per
+                index generation and stored with their vectors
     grading     each key point against the answer: MiniLM cosine with the answer's sentences and the
                 share of the point's own terms (not the question's) the answer uses; a score 0-100 from
-                the weighted coverage; an optional judge (e.g. a small LLM) can be blended in
-    progress    rag/progress.py (SQLite): attempts, and the Leitner card of each question
+                the mean coverage; an answer that covers another question of the post better than this one
+                is capped (it answers that question); "I don't know" scores 0. Weights are chosen on the
+                dev split of eval/practice_grades.jsonl (rag/eval/grading.py, docs/practice.md); a judge
+                (ModelJudge: a small LLM's yes/no) can be blended in, and was measured not to help
+    progress    rag/progress.py (SQLite): attempts, the Leitner card of each question, the key points
 
 Public API (the CLI and the app's Practice tab use only this):
 
@@ -17,11 +21,16 @@ Public API (the CLI and the app's Practice tab use only this):
     q = p.next_question(post=None)      # -> PracticeQuestion (due / failed first, then new ones)
     g = p.grade(q.id, "my answer")      # -> Grade (score, covered, missed, reference, citations)
     p.stats()                           # -> list[PostStats]
+    p.questions(), p.key_points(q)      # every question; the key points a question is graded on
+
+Invalid answers (empty, over MAX_ANSWER_CHARS, no words, the question pasted back) and unknown question ids
+or posts raise PracticeError, a RagError, before anything is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,9 +41,9 @@ import numpy as np
 
 from .chunking import Chunk, anchor, section_title
 from .embedder import embed, load_embedder
-from .errors import RagError
+from .errors import ModelError, RagError
 from .index import Index, LiveIndex
-from .progress import Attempt, Card, ProgressStore
+from .progress import Attempt, ProgressStore
 try:
     from .retrieve import join_overlapping
 except ImportError:  # the name before retrieve.py made it public
@@ -42,8 +51,12 @@ except ImportError:  # the name before retrieve.py made it public
 from .settings import Settings
 from .text import content_words, stems
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Practice", "PracticeQuestion", "KeyPoint", "Grade", "Attempt", "PostStats", "PracticeError",
-           "GradingWeights", "Section", "build_questions", "index_sections", "select_key_points", "score_answer", "measure", "combine", "Evidence"]
+           "GradingWeights", "Section", "build_questions", "index_sections", "select_key_points", "choose_key_points", "measure", "combine", "coverage_of",
+           "Evidence", "Rival", "LikelihoodJudge", "JUDGE_MODEL", "JUDGED_WEIGHTS",
+           "default_weights"]
 
 # ---------------------------------------------------------------------------------------------- limits
 
@@ -54,7 +67,8 @@ MAX_KEY_POINTS = 6
 MIN_QUESTION_WORDS = 20  # a section shorter than this has too little to grade against
 MAX_QUESTION_WORDS = 600  # a question whose sub-sections are longer is asked one sub-section at a time,
 MAX_SUBSECTIONS = 8  # and so is one with more sub-sections than this (parallel entries, one per algorithm)
-KEY_POINT_VERSION = 1  # bump when select_key_points changes: cached key points of older code are ignored
+KEY_POINT_VERSION = 2  # bump when choose_key_points changes: cached key points of older code are ignored
+KEY_POINT_DIVERSITY = 0.5  # how much a candidate's likeness to a point already chosen counts against it
 
 # Leitner boxes: a failed question goes back to box 1 and returns within the session; each pass moves it
 # up one box and further out. Box 4 and 5 count as mastered.
@@ -307,37 +321,63 @@ def plain(text: str) -> str:
 
 def _candidates(q: PracticeQuestion) -> list[tuple[Part, str]]:
     """Sentences of the reference that can be key points: not headings (the chunker leaves merged-in ones
-    as plain lines), not lead-ins ending in ':', not code, not formula-only, not examples unless every
-    sentence is one."""
+    as plain lines), not lead-ins ending in ':', not code, not formula-only; not examples, and not
+    questions (a rhetorical one states nothing), unless the section has nothing else (a checklist of
+    questions to ask is the answer)."""
     headings = {_norm(h) for p in q.parts for h in p.section.split(" > ")} | {_norm(q.post_title)}
-    out, examples = [], []
+    out, examples, asked = [], [], []
     for part in q.parts:
         for s in split_sentences(_CODE.sub("", part.text)):
             words = re.findall(r"[^\W\d_]{2,}", _FORMULA.sub(" ", plain(s)))  # words, not symbols or formulas
-            if (_norm(s) in headings or len(words) < 3 or s.rstrip().endswith(":")
-                    or _ASKED.match(s)):
+            if _norm(s) in headings or len(words) < 3 or s.rstrip().endswith(":") or _ASKED.match(s):
                 continue
-            (examples if _EXAMPLE.match(plain(s)) else out).append((part, s))
+            if s.rstrip(" *_\"'”’)").endswith("?"):
+                asked.append((part, s))
+            else:
+                (examples if _EXAMPLE.match(plain(s)) else out).append((part, s))
     unique: dict[str, tuple[Part, str]] = {}
-    for part, s in out or examples:
+    for part, s in out or examples or asked:
         unique.setdefault(_norm(s), (part, s))
     return list(unique.values())
 
 
-def select_key_points(q: PracticeQuestion, model) -> list[KeyPoint]:
-    """The sentences that carry the answer's content, in reading order, at most MAX_KEY_POINTS.
+def choose_key_points(questions: Sequence[PracticeQuestion], model, diversity: float = KEY_POINT_DIVERSITY
+                      ) -> dict[str, tuple[list[KeyPoint], np.ndarray]]:
+    """Key points and their unit vectors for several questions, with one embedding batch for all.
 
-    When there are more candidates, the ones closest to the question and to the section's centroid are
-    kept: the answer's core rather than its asides. Deterministic for the same text and embedder."""
-    cands = _candidates(q)
-    if len(cands) > MAX_KEY_POINTS:
-        vecs = embed(model, [q.question] + [plain(s) for _, s in cands])
-        centroid = vecs[1:].mean(axis=0)
-        centroid /= np.linalg.norm(centroid) or 1.0
-        salience = vecs[1:] @ vecs[0] + vecs[1:] @ centroid
-        keep = sorted(np.argsort(-salience, kind="stable")[:MAX_KEY_POINTS].tolist())
-        cands = [cands[i] for i in keep]
-    return [KeyPoint(n, s, part.section, part.url) for n, (part, s) in enumerate(cands, 1)]
+    Per question: the sentences that carry the answer's content, in reading order, at most MAX_KEY_POINTS.
+    When there are more candidates, they are picked greedily by salience (closeness to the question and to
+    the section's centroid: the answer's core rather than its asides) minus `diversity` times the
+    similarity to a point already picked, so that a long answer's points come from its different parts
+    (maximal marginal relevance). Deterministic for the same text and embedder."""
+    cands = {q.id: _candidates(q) for q in questions}
+    texts = [q.question for q in questions] + [plain(s) for q in questions for _, s in cands[q.id]]
+    vecs = embed(model, texts) if texts else np.zeros((0, 0), np.float32)
+    out, offset = {}, len(questions)
+    for i, q in enumerate(questions):
+        c = cands[q.id]
+        cv = vecs[offset: offset + len(c)]
+        offset += len(c)
+        keep = list(range(len(c)))
+        if len(c) > MAX_KEY_POINTS:
+            centroid = cv.mean(axis=0)
+            centroid /= np.linalg.norm(centroid) or 1.0
+            salience = (cv @ vecs[i] + cv @ centroid) / 2
+            keep = []
+            while len(keep) < MAX_KEY_POINTS:
+                redundancy = (cv @ cv[keep].T).max(axis=1) if keep else np.zeros(len(c))
+                gain = salience - diversity * redundancy
+                gain[keep] = -np.inf
+                keep.append(int(np.argmax(gain)))
+            keep.sort()
+        points = [KeyPoint(n, s, part.section, part.url) for n, (part, s) in enumerate((c[k] for k in keep), 1)]
+        out[q.id] = (points, np.asarray(cv[keep], dtype=np.float32).reshape(len(keep), -1))
+    return out
+
+
+def select_key_points(q: PracticeQuestion, model) -> list[KeyPoint]:
+    """The key points of one question (see choose_key_points)."""
+    return choose_key_points([q], model)[q.id][0]
 
 
 # ---------------------------------------------------------------------------------------------- grading
@@ -345,18 +385,81 @@ def select_key_points(q: PracticeQuestion, model) -> list[KeyPoint]:
 
 @dataclass(frozen=True)
 class GradingWeights:
-    """How coverage of a key point is measured and turned into a score; tuned on the dev split only
-    (rag/eval/grading.py, docs/practice.md)."""
+    """How coverage of a key point is measured and turned into a score; chosen on the dev split of
+    eval/practice_grades.jsonl only (`python -m rag.eval.grading --tune`, docs/practice.md)."""
     dense: float = 0.7  # weight of embedding similarity against term overlap
-    low: float = 0.35  # combined similarity at which a key point starts to count ...
+    low: float = 0.4  # combined similarity at which a key point starts to count ...
     high: float = 0.65  # ... and at which it counts fully
     target: float = 0.7  # mean coverage of the key points that earns 100: nobody says every sentence
-    judge: float = 0.5  # weight of the judge's per-point verdicts, when a judge is given
+    curve: float = 1.0  # score = 100 * (coverage / target) ** curve: below 1 credits a first point more
+    rival_margin: float = 0.0  # an answer that covers another question of the post this much better ...
+    rival_cap: int = 30  # ... answers that question, not this one: its score is capped here
+    judge: float = 0.0  # weight of a judge's verdict on the answer, when a judge is given ...
+    judge_low: float = 0.0  # ... whose value counts from here (0) ...
+    judge_high: float = 1.5  # ... to here (1)
 
 
-# A judge (e.g. the 0.5B LLM's yes/no logits) says, per key point, how far the answer states it (0..1),
-# or returns None to abstain. Nothing here depends on one existing.
-Judge = Callable[[str, list[str], str], "list[float] | None"]
+# The weights used with a LikelihoodJudge (chosen with it on dev; docs/practice.md)
+JUDGED_WEIGHTS = GradingWeights(dense=0.6, low=0.4, high=0.7, target=0.8, curve=0.8, rival_margin=0.0,
+                                judge=0.25, judge_low=0.25, judge_high=1.0)
+
+
+def default_weights(judged: bool) -> GradingWeights:
+    return JUDGED_WEIGHTS if judged else GradingWeights()
+
+
+# A judge scores an answer to a question whose key points are given (LikelihoodJudge: nats per token), or
+# returns None to abstain; GradingWeights maps its value to 0..1 and blends it in.
+Judge = Callable[["PracticeQuestion", Sequence["KeyPoint"], str], "float | None"]
+
+JUDGE_MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+
+
+class LikelihoodJudge:
+    """How much the post's answer makes the user's answer more likely under a small local LM: the mean
+    gain in log-probability per answer token when the model has read the post's answer first, against
+    when it has only read the question (one forward pass each). A paraphrase gains (the notes predict
+    its content), an answer to another question gains little, and a fluent wrong answer gains less
+    than a right one because the notes predict other facts than the ones it states. Returns nats per
+    token; GradingWeights.judge_low/high map it to 0..1. The model is loaded on first use and shared
+    with the chat (rag.generate.load_generator)."""
+
+    SYSTEM = "You are a candidate in a machine learning interview."
+
+    def __init__(self, model: str = JUDGE_MODEL, threads: int | None = 1, max_reference_words: int = 300,
+                 max_answer_words: int = 200):
+        self.name, self.threads = model, threads
+        self.max_reference_words, self.max_answer_words = max_reference_words, max_answer_words
+        self._generator = None
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from .generate import load_generator
+
+            self._generator = load_generator(self.name, threads=self.threads)
+        return self._generator
+
+    def __call__(self, q: PracticeQuestion, points: Sequence[KeyPoint], answer: str) -> float:
+        notes = " ".join(plain(q.reference).split()[: self.max_reference_words])
+        answer = " ".join(answer.split()[: self.max_answer_words])  # bounded time for a long answer
+        read = self._logprobs(f"Course notes:\n{notes}\n\nInterview question: {q.question}\n"
+                              "Answer in your own words, consistently with the notes.", answer)
+        unread = self._logprobs(f"Interview question: {q.question}\nAnswer in your own words.", answer)
+        return float((read - unread).mean())
+
+    def _logprobs(self, prompt: str, answer: str) -> np.ndarray:
+        """Log-probability of each token of `answer` as the assistant's reply to `prompt`."""
+        import torch
+
+        g = self.generator
+        head = g.prompt_ids([{"role": "system", "content": self.SYSTEM}, {"role": "user", "content": prompt}])
+        tail = g.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            logits = g.model(torch.cat([head, tail], dim=1), use_cache=False).logits[0, head.shape[1] - 1:-1]
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(1, tail[0][:, None])[:, 0]
+        return logp.numpy()
+
 
 _DONT_KNOW = re.compile(r"^\W*(?:i\s+(?:really\s+)?(?:do\s*n[o']?t|dunno|have\s+no)\s*(?:know|idea|clue)?|"
                         r"no\s+idea|not\s+sure|idk|pass|skip|no\s+clue|\?+)\W*$", re.I)
@@ -385,6 +488,14 @@ def validate_answer(answer: str) -> str:
 
 
 @dataclass(frozen=True)
+class Rival:
+    """What an answer shows of another question's key points (the other questions of the same post)."""
+    question: str
+    dense: np.ndarray
+    terms: np.ndarray
+
+
+@dataclass(frozen=True)
 class Evidence:
     """What an answer shows of each key point, before weights turn it into a score (so the eval can
     sweep weights without embedding again)."""
@@ -392,52 +503,79 @@ class Evidence:
     terms: np.ndarray  # per key point: share of its own terms (not the question's) that the answer uses
     empty: bool = False  # "I don't know", or no content words at all
     echo: bool = False  # the question pasted back, or little more
+    rivals: tuple[Rival, ...] = ()
 
 
-def measure(question: str, point_texts: list[str], point_vectors: np.ndarray, answer: str, model) -> Evidence:
-    """Compare an already validated answer with each key point."""
-    n = len(point_texts)
-    answer_stems, question_stems = stems(answer), stems(question)
-    if _DONT_KNOW.match(answer) or not content_words(answer):
-        return Evidence(np.zeros(n), np.zeros(n), empty=True)
-    # The question pasted back (or little more) states nothing: its terms are free for the asking.
-    new_terms = answer_stems - question_stems
-    echo = len(new_terms) <= 2 or len(new_terms) <= 0.2 * len(answer_stems)
-    vecs = embed(model, answer_units(answer))
-    dense = (point_vectors @ vecs.T).max(axis=1) if n else np.zeros(0)
+def _point_evidence(question_stems: set[str], point_texts: Sequence[str], point_vectors: np.ndarray,
+                    unit_vectors: np.ndarray, answer_stems: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    dense = (point_vectors @ unit_vectors.T).max(axis=1) if len(point_texts) else np.zeros(0)
     terms = []
     for text in point_texts:
         own = stems(text) - question_stems or stems(text)
         terms.append(len(own & answer_stems) / len(own) if own else 0.0)
-    return Evidence(dense.astype("float64"), np.array(terms), echo=echo)
+    return dense.astype("float64"), np.array(terms, dtype="float64")
 
 
-def combine(evidence: Evidence, weights: GradingWeights = GradingWeights(),
-            verdicts: Sequence[float] | None = None, point_weights: Sequence[float] | None = None
-            ) -> tuple[int, list[float], str | None]:
+def measure(question: str, point_texts: list[str], point_vectors: np.ndarray, answer: str, model,
+            rivals: Sequence[tuple[str, list[str], np.ndarray]] = ()) -> Evidence:
+    """Compare an already validated answer with each key point, and with the key points of `rivals`
+    (question, point texts, point vectors: the other questions of the post)."""
+    n = len(point_texts)
+    answer_stems, question_stems = stems(answer), stems(question)
+    if _DONT_KNOW.match(answer) or not content_words(answer):
+        return Evidence(np.zeros(n), np.zeros(n), empty=True)
+    if echoes(question, answer):
+        return Evidence(np.zeros(n), np.zeros(n), echo=True)
+    units = embed(model, answer_units(answer))
+    dense, terms = _point_evidence(question_stems, point_texts, point_vectors, units, answer_stems)
+    others = tuple(Rival(rq, *_point_evidence(stems(rq), texts, vectors, units, answer_stems))
+                   for rq, texts, vectors in rivals if len(texts))
+    return Evidence(dense, terms, rivals=others)
+
+
+def echoes(question: str, answer: str) -> bool:
+    """The question pasted back, or little more: its terms are free for the asking, so it states nothing.
+    (A short answer in words of its own, "It just picks one of them.", is graded, not refused.)"""
+    answer_stems, question_stems = stems(answer), stems(question)
+    new_terms = answer_stems - question_stems
+    return (len(answer_stems & question_stems) >= min(2, len(question_stems))
+            and len(new_terms) <= max(1, 0.2 * len(answer_stems)))
+
+
+def coverage_of(dense: np.ndarray, terms: np.ndarray, weights: GradingWeights) -> np.ndarray:
+    """How much of each key point (0..1) an answer states, from its similarity and term overlap."""
+    c = weights.dense * dense + (1 - weights.dense) * terms
+    return np.clip((c - weights.low) / (weights.high - weights.low), 0.0, 1.0)
+
+
+def combine(evidence: Evidence, weights: GradingWeights = GradingWeights(), verdict: float | None = None,
+            point_weights: Sequence[float] | None = None) -> tuple[int, list[float], str | None]:
     """(score 0-100, coverage of each key point 0..1, note) from the evidence."""
     n = len(evidence.dense)
     if evidence.empty:
         return 0, [0.0] * n, "no answer to grade: here is what the post says"
-    c = weights.dense * evidence.dense + (1 - weights.dense) * evidence.terms
-    coverage = np.clip((c - weights.low) / (weights.high - weights.low), 0.0, 1.0)
-    if verdicts is not None and len(verdicts) == n:
-        coverage = (1 - weights.judge) * coverage + weights.judge * np.clip(np.asarray(verdicts, float), 0, 1)
+    coverage = coverage_of(evidence.dense, evidence.terms, weights)
     w = np.asarray(point_weights if point_weights is not None else np.ones(n), float)
-    mean = float((w * coverage).sum() / w.sum()) if n and w.sum() else 0.0
-    score = int(round(100 * min(1.0, mean / weights.target)))
+    own = float((w * coverage).sum() / w.sum()) if n and w.sum() else 0.0
+    mean = own
+    if verdict is not None and weights.judge:
+        mean = (1 - weights.judge) * own + weights.judge * judged(verdict, weights) * weights.target
+    score = int(round(100 * min(1.0, mean / weights.target) ** weights.curve))
     if evidence.echo:
-        return min(score, 10), np.minimum(coverage, 0.49).tolist(), "your answer repeats the question: say what you know"
+        return min(score, 10), np.minimum(coverage, 0.49).tolist(), ECHO_NOTE
+    rival, best = max(((float(coverage_of(r.dense, r.terms, weights).mean()), r) for r in evidence.rivals),
+                      key=lambda x: x[0], default=(0.0, None))
+    if best is not None and rival - own > weights.rival_margin and score > weights.rival_cap:
+        return weights.rival_cap, coverage.tolist(), f"your answer fits another question better: {best.question}"
     return score, coverage.tolist(), None
 
 
-def score_answer(question: str, points: list[KeyPoint], point_vectors: np.ndarray, answer: str, model,
-                 weights: GradingWeights = GradingWeights(), judge: Judge | None = None
-                 ) -> tuple[int, list[float], str | None]:
-    """(score 0-100, coverage of each key point 0..1, note) for an already validated answer."""
-    evidence = measure(question, [p.text for p in points], point_vectors, answer, model)
-    verdicts = judge(question, [p.text for p in points], answer) if judge and not evidence.empty else None
-    return combine(evidence, weights, verdicts, [p.weight for p in points])
+ECHO_NOTE = "your answer repeats the question: say what you know"
+
+
+def judged(verdict, weights: GradingWeights):
+    """A judge's raw value mapped to 0..1 (works on arrays too, for the eval's weight grid)."""
+    return np.clip((np.asarray(verdict, float) - weights.judge_low) / (weights.judge_high - weights.judge_low), 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------- the session
@@ -454,7 +592,7 @@ class Practice:
         self.live = index if index is not None else LiveIndex(settings)
         path = db_path or getattr(settings, "practice_db", None) or settings.index_dir / "practice.sqlite"
         self.store = ProgressStore(path)
-        self.judge, self.weights, self.clock = judge, weights or GradingWeights(), clock
+        self.judge, self.weights, self.clock = judge, weights or default_weights(judge is not None), clock
         self._model = None
         self._questions: tuple[str, list[PracticeQuestion]] | None = None
         self._points: dict[tuple[str, str], tuple[list[KeyPoint], np.ndarray]] = {}
@@ -468,7 +606,7 @@ class Practice:
     @property
     def model(self):
         if self._model is None:
-            self._model = load_embedder(self.settings.embedder, self.settings.device)
+            self._model = load_embedder(self.settings.embedder, self.settings.device, self.settings.embed_backend)
         return self._model
 
     def questions(self) -> list[PracticeQuestion]:
@@ -486,20 +624,28 @@ class Practice:
         return q
 
     def key_points(self, q: PracticeQuestion) -> list[KeyPoint]:
-        return self._key_points(q)[0]
+        return self._key_points([q])[q.id][0]
 
-    def _key_points(self, q: PracticeQuestion) -> tuple[list[KeyPoint], np.ndarray]:
+    def _key_points(self, questions: Sequence[PracticeQuestion]) -> dict[str, tuple[list[KeyPoint], np.ndarray]]:
+        """Key points and their vectors: from memory, else from the store, else chosen now for all missing
+        questions in one embedding batch and stored (once per index generation)."""
         generation = self.index.generation
-        if (generation, q.id) not in self._points:
-            cached = self.store.key_points(generation, q.id, KEY_POINT_VERSION)
-            if cached is not None:
-                points = [KeyPoint(**p) for p in cached]
-            else:
-                points = select_key_points(q, self.model)
-                self.store.save_key_points(generation, q.id, KEY_POINT_VERSION, [asdict(p) for p in points])
-            vectors = embed(self.model, [plain(p.text) for p in points])
-            self._points[generation, q.id] = (points, vectors)
-        return self._points[generation, q.id]
+        missing = [q.id for q in questions if (generation, q.id) not in self._points]
+        if missing:
+            for qid, (points, vectors) in self.store.key_points(generation, missing, KEY_POINT_VERSION).items():
+                self._points[generation, qid] = ([KeyPoint(**p) for p in points], vectors)
+            fresh = [q for q in questions if (generation, q.id) not in self._points]
+            if fresh:
+                chosen = choose_key_points(fresh, self.model)
+                self.store.save_key_points(generation, KEY_POINT_VERSION, {
+                    qid: ([asdict(p) for p in points], vectors) for qid, (points, vectors) in chosen.items()})
+                self._points.update({(generation, qid): v for qid, v in chosen.items()})
+        return {q.id: self._points[generation, q.id] for q in questions}
+
+    def rivals(self, q: PracticeQuestion) -> list[PracticeQuestion]:
+        """The questions an answer to `q` is compared with besides `q`: the other questions of its post
+        (answers to those share its words; answers from other posts are far apart anyway)."""
+        return [o for o in self.questions() if o.post_guid == q.post_guid and o.id != q.id]
 
     # -- picking
 
@@ -547,16 +693,23 @@ class Practice:
         """The question, its key points and what the answer shows of each (validates the answer)."""
         q = self.question(question_id)
         answer = validate_answer(answer)
-        points, vectors = self._key_points(q)
-        return q, points, measure(q.question, [p.text for p in points], vectors, answer, self.model)
+        rivals = self.rivals(q)
+        points = self._key_points([q, *rivals])
+        own, vectors = points[q.id]
+        others = [(o.question, [p.text for p in points[o.id][0]], points[o.id][1]) for o in rivals]
+        return q, own, measure(q.question, [p.text for p in own], vectors, answer, self.model, others)
 
     def grade(self, question_id: str, answer: str, record: bool = True) -> Grade:
         """Grade an answer; with `record`, store the attempt and move the question between Leitner boxes.
-        Bad input raises PracticeError before anything is written."""
-        q, points, evidence = self.evidence(question_id, answer)
-        answer = answer.strip()
-        verdicts = self.judge(q.question, [p.text for p in points], answer) if self.judge and not evidence.empty else None
-        score, coverage, note = combine(evidence, self.weights, verdicts, [p.weight for p in points])
+        Bad input (empty, oversized, no words, the question pasted back, an unknown id) raises
+        PracticeError before anything is written."""
+        q = self.question(question_id)
+        answer = validate_answer(answer)
+        if echoes(q.question, answer):  # refused before any model runs
+            raise PracticeError(f"{ECHO_NOTE} (the answer is little more than the question)")
+        q, points, evidence = self.evidence(q.id, answer)
+        verdict = self._verdict(q, points, answer) if self.judge and not evidence.empty else None
+        score, coverage, note = combine(evidence, self.weights, verdict, [p.weight for p in points])
         grade = Grade(q, answer, score, score >= PASS_SCORE, points, coverage, note)
         if record:
             now = self.clock()
@@ -566,6 +719,17 @@ class Practice:
             self.store.record(Attempt(q.id, q.post_guid, now, score, grade.passed, answer), box, due_at)
             grade.recorded, grade.box, grade.due_at = True, box, due_at
         return grade
+
+    def _verdict(self, q: PracticeQuestion, points: list[KeyPoint], answer: str) -> float | None:
+        """The judge's value; if its model cannot be loaded, grading goes on without it (and says so once)."""
+        try:
+            return self.judge(q, points, answer)
+        except ModelError as e:
+            log.warning("grading without the judge: %s", e)
+            if self.weights == default_weights(True):
+                self.weights = default_weights(False)
+            self.judge = None
+            return None
 
     # -- progress
 
@@ -624,14 +788,26 @@ def format_question(q: PracticeQuestion) -> str:
     return f"\n{q.question}\n  ({q.post_title} — {q.heading})\n  {q.url}"
 
 
-def format_grade(g: Grade) -> str:
+def highlighted(g: Grade, color: bool = False) -> str:
+    """The post's answer as plain text with each key point marked where it stands: [n+] covered, [n-]
+    missed (green and red on a terminal)."""
+    text = plain(g.reference)
+    for p, c in zip(g.points, g.coverage):
+        mark = f"[{p.n}{'+' if c >= 0.5 else '-'}]"
+        if color:
+            mark = f"\033[{'32' if c >= 0.5 else '31'}m{mark}\033[0m"
+        text = text.replace(plain(p.text), f"{plain(p.text)} {mark}", 1)
+    return text
+
+
+def format_grade(g: Grade, color: bool = False) -> str:
     lines = [f"\nScore {g.score}/100 — {'pass' if g.passed else 'not yet'}" + (f" ({g.note})" if g.note else "")]
     for title, points in (("You covered", g.covered), ("You missed", g.missed)):
         if points:
             lines.append(f"{title}:")
             lines += [f"  [{p.n}] {plain(p.text)}" for p in points]
-    lines.append("The post's answer:")
-    lines += ["  " + line if line.strip() else "" for line in plain(g.reference).splitlines()]
+    lines.append("The post's answer ([n+] covered, [n-] missed):")
+    lines += ["  " + line if line.strip() else "" for line in highlighted(g, color).splitlines()]
     lines.append(f"Sources ({g.question.post_title}):")
     by_url: dict[str, list[int]] = {}
     for p in g.points:
@@ -655,7 +831,7 @@ def format_stats(stats: list[PostStats]) -> str:
 
 
 def session(practice: Practice, post: str | None = None, read: Callable[[str], str] = input,
-            write: Callable[[str], None] = print) -> int:
+            write: Callable[[str], None] = print, color: bool = False) -> int:
     """The terminal drill: ask, read one line, grade, show, next; an empty line or end of input quits."""
     last: list[str] = []
     write("Answer in your own words on one line; an empty line quits.")
@@ -671,7 +847,7 @@ def session(practice: Practice, post: str | None = None, read: Callable[[str], s
             if not answer.strip():
                 return 0
             try:
-                write(format_grade(practice.grade(q.id, answer)))
+                write(format_grade(practice.grade(q.id, answer), color=color))
                 break
             except PracticeError as e:  # too long, no words: say so and let them answer again
                 write(f"  {e}")

@@ -4,8 +4,8 @@ One SQLite file (default `<index_dir>/practice.sqlite`), three tables:
 
     attempts    one row per graded answer: question id, post, time, score, passed, the answer
     cards       the Leitner state of each question: box, when it is due, counts and scores
-    key_points  the key points chosen for a question in one index generation (a cache: they are
-                recomputed deterministically when missing)
+    key_points  the key points chosen for a question in one index generation and their embeddings (a
+                cache: they are recomputed deterministically when missing, so a schema change drops it)
 
 Question ids are stable across index rebuilds, so attempts and cards survive a rebuild; key points are
 keyed by the generation too, because a rebuilt section may have other sentences. Each call opens its own
@@ -20,9 +20,11 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import RagError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: key points carry their vectors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (
@@ -35,7 +37,7 @@ CREATE TABLE IF NOT EXISTS cards (
     best_score INTEGER NOT NULL, last_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS key_points (
     generation TEXT NOT NULL, question_id TEXT NOT NULL, version INTEGER NOT NULL, points TEXT NOT NULL,
-    PRIMARY KEY (generation, question_id, version));
+    dim INTEGER NOT NULL, vectors BLOB NOT NULL, PRIMARY KEY (generation, question_id, version));
 """
 
 
@@ -71,6 +73,12 @@ class ProgressStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         with self._connect() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ProgressUnavailable(f"practice progress {self.path} was written by a newer version "
+                                          f"(schema {version}, this one reads {SCHEMA_VERSION})")
+            if version < SCHEMA_VERSION:
+                db.execute("DROP TABLE IF EXISTS key_points")  # a cache; attempts and cards are kept
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -128,15 +136,27 @@ class ProgressStore:
 
     # -------------------------------------------------------------- key point cache
 
-    def key_points(self, generation: str, question_id: str, version: int) -> list[dict] | None:
+    def key_points(self, generation: str, question_ids: list[str], version: int
+                   ) -> dict[str, tuple[list[dict], np.ndarray]]:
+        """The cached key points and their vectors of those questions that have them."""
+        out = {}
         with self._connect() as db:
-            row = db.execute("SELECT points FROM key_points WHERE generation = ? AND question_id = ? AND version = ?",
-                             (generation, question_id, version)).fetchone()
-        return json.loads(row[0]) if row else None
+            for start in range(0, len(question_ids), 500):  # SQLite's limit on bound parameters
+                ids = question_ids[start:start + 500]
+                rows = db.execute(f"SELECT question_id, points, dim, vectors FROM key_points WHERE generation = ? "
+                                  f"AND version = ? AND question_id IN ({','.join('?' * len(ids))})",
+                                  (generation, version, *ids)).fetchall()
+                for qid, points, dim, blob in rows:
+                    out[qid] = (json.loads(points), np.frombuffer(blob, dtype=np.float32).reshape(-1, dim))
+        return out
 
-    def save_key_points(self, generation: str, question_id: str, version: int, points: list[dict]) -> None:
+    def save_key_points(self, generation: str, version: int,
+                        entries: dict[str, tuple[list[dict], np.ndarray]]) -> None:
+        """Store the key points and vectors of several questions in one transaction."""
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO key_points VALUES (?,?,?,?)",
-                       (generation, question_id, version, json.dumps(points, ensure_ascii=False)))
+            db.executemany("INSERT OR REPLACE INTO key_points VALUES (?,?,?,?,?,?)", [
+                (generation, qid, version, json.dumps(points, ensure_ascii=False), int(vectors.shape[1]),
+                 np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                for qid, (points, vectors) in entries.items()])
             # entries of generations other than this one are stale once a new one is served
             db.execute("DELETE FROM key_points WHERE generation != ?", (generation,))
