@@ -129,12 +129,20 @@ class Chat:
         """The plan's search; the eval repeats it with another k or fusion. A question that may be a
         follow-up is searched alone first and joined to the previous question only if alone it is not
         covered and names nothing the posts never mention ("how do I bake sourdough?" after an optimizer
-        question stays alone), so a complete question is never mixed with an unrelated previous one."""
+        question stays alone), so a complete question is never mixed with an unrelated previous one. An
+        explicit follow-up is covered if it is covered joined or, failing that, alone."""
         k, fusion = k or plan.k, fusion or plan.fusion
-        if plan.previous and not plan.explicit:
+        if not plan.previous:
+            return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
+        if plan.explicit:  # "and what are DBSCAN's weaknesses?": joined first, alone if joined it is not covered
+            joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
+            if joined.covered:
+                return joined
             alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
-            if alone.covered or alone.signals.get("rare_unknown"):
-                return alone  # covered alone, or it names something the posts never mention: not a follow-up
+            return alone if alone.covered else joined
+        alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
+        if alone.covered or alone.signals.get("rare_unknown"):
+            return alone  # covered alone, or it names something the posts never mention: not a follow-up
         return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
 
     def ask(self, question: str, history=None, **kw) -> Answer:

@@ -110,6 +110,7 @@ class FeedWatcher:
         self.source = FeedSource(feed or settings.feed, timeout)
         self.on_status = on_status
         self.status = WatchStatus("starting", f"watching {self.source.location} every {self.interval:g} s")
+        self.news: WatchStatus | None = None  # the last update, or the current error: outlives "unchanged" checks
         self._failures = 0
         self._checking = threading.Lock()  # one check at a time, whoever calls it
         self._wake = threading.Event()
@@ -150,6 +151,10 @@ class FeedWatcher:
 
     def _publish(self, status: WatchStatus) -> WatchStatus:
         self.status = status
+        if status.state in ("updated", "error"):
+            self.news = status
+        elif self.news is not None and self.news.state == "error":
+            self.news = None  # the feed reads again: the error is over
         if self.on_status is not None:
             try:
                 self.on_status(status)

@@ -78,7 +78,7 @@ def test_new_and_changed_posts_are_the_only_ones_embedded(tmp_path, settings_for
 
     removed = update_index(settings, remove=("https://x/new-post",))
     assert removed.removed == ["Gradient Boosting: Interview Questions"]
-    assert Index.open(settings).manifest["counts"]["posts"] == 3
+    assert Index.open(settings).manifest["counts"]["posts"] == len(posts)
     with pytest.raises(IndexUnavailable, match="no post with guid"):
         update_index(settings, remove=("nope",))
 
@@ -127,14 +127,14 @@ def test_killed_rebuild_leaves_old_index_serving(tmp_path, settings_for, stage):
     small = write_feed(tmp_path / "small.xml", keep=[8])
     update_index(settings, feed=small)
     old_generation = current_generation(settings.index_dir)
+    posts = list(range(10)) if stage == "signal" else [0, 5, 8]  # all posts: embedding lasts seconds, not ms
     cmd = [sys.executable, "-m", "rag.cli", "index", "--rebuild", "--index", str(settings.index_dir),
-           "--feed", str(write_feed(tmp_path / "big.xml", keep=[0, 5, 8]))]
-    if stage == "signal":  # SIGKILL from outside while it is embedding
+           "--feed", str(write_feed(tmp_path / "big.xml", keep=posts))]
+    if stage == "signal":  # SIGKILL from outside as soon as it starts embedding (all posts: seconds)
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:
             if "embedding" in line:
                 break
-        time.sleep(1.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         code = proc.returncode
@@ -149,7 +149,7 @@ def test_killed_rebuild_leaves_old_index_serving(tmp_path, settings_for, stage):
 
     result = run_rag("index", "--index", str(settings.index_dir), "--feed", str(tmp_path / "big.xml"))
     assert result.returncode == 0, result.stderr
-    assert Index.open(settings).manifest["counts"]["posts"] == 3
+    assert Index.open(settings).manifest["counts"]["posts"] == len(posts)
     assert not list(settings.index_dir.glob(".tmp-*"))
 
 

@@ -66,6 +66,7 @@ def test_a_file_feed_is_read_only_when_it_changes_and_a_new_post_is_indexed(smal
     assert current_generation(settings.index_dir) not in (None, generation)
     assert [s.state for s in seen] == ["unchanged", "unchanged", "unchanged", "updated"]
     assert status.next_check_at == pytest.approx(status.checked_at + INTERVAL)
+    assert watcher.check().state == "unchanged" and watcher.news == status  # the update stays the news
 
 
 def test_a_damaged_file_leaves_the_index_untouched_and_is_retried_with_back_off(small, tmp_path):
@@ -84,6 +85,7 @@ def test_a_damaged_file_leaves_the_index_untouched_and_is_retried_with_back_off(
         assert "\n" not in status.message
         delays.append(status.next_check_at - status.checked_at)
         assert current_generation(settings.index_dir) == generation and posts(settings) == before
+        assert watcher.news == status  # the error is shown until the feed reads again
     assert delays == pytest.approx([INTERVAL * f for f in (1, 2, 4, 8, MAX_BACKOFF_INTERVALS, MAX_BACKOFF_INTERVALS)])
 
     feed.write_bytes(good)  # the writer finished
@@ -186,6 +188,7 @@ def test_timeouts_garbage_and_server_errors_leave_the_index_untouched(small, ser
         assert status.state == "error" and message in status.error, status.error
         assert status.next_check_at - status.checked_at == pytest.approx(expected[-1])
         assert current_generation(settings.index_dir) == generation and posts(settings) == before
+        assert watcher.news == status  # the error is shown until the feed reads again
     assert expected == [INTERVAL, 2 * INTERVAL, 4 * INTERVAL]
 
     server.mode, server.stall = "ok", 0.0

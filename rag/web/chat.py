@@ -404,7 +404,7 @@ class ChatUI:
 
     def feed_note(self) -> str:
         """What the feed watch last did, while it is news: an update or an error (an unchanged feed says nothing)."""
-        status = self.watcher.status if self.watcher is not None else None
+        status = self.watcher.news if self.watcher is not None else None
         if status is None or status.state not in ("updated", "error") or time.time() - status.checked_at > FEED_NEWS:
             return ""
         return f" · feed: {status.message}"
