@@ -4,9 +4,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 from filelock import FileLock
 
