@@ -31,6 +31,7 @@ CITATION = re.compile(r"\s*\[\d+\]")
 _MARK = re.compile(r"\[(\d+)\]")
 _LEADING_MARKS = re.compile(r"^\s*((?:\[\d+\][\s.,;:]*)+)")
 _TRAILING_MARKS = re.compile(r"((?:\s*\[\d+\])+)\s*\.?\s*$")
+_STOP_AFTER_MARKS = re.compile(r"([.!?])((?:\s*\[\d+\])+)\s*\.")  # "impact. [1]." (a model's habit)
 LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
 PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
 
@@ -54,7 +55,7 @@ def cited_sentences(text: str) -> list[tuple[str, list[int]]]:
     cite every sentence. The one parse of "which [n] belongs to which sentence" for the chat and the eval."""
     out: list[list] = []
     for line in text.splitlines():
-        for piece in split_sentences(LIST_MARKER.sub("", line)):
+        for piece in split_sentences(_STOP_AFTER_MARKS.sub(r"\1\2", LIST_MARKER.sub("", line))):
             lead = _LEADING_MARKS.match(piece)
             if lead and out:
                 out[-1][1].extend(int(x) for x in _MARK.findall(lead.group(1)))

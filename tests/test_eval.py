@@ -98,6 +98,8 @@ def test_metric_helpers():
     assert ndcg([True]) == 1.0 and ndcg([False] * 10) == 0.0
     assert math.isclose(ndcg([False, True]), 1 / math.log2(3))
     assert cited_sentences("One two three. [1] Four five six. [2]") == [("One two three.", [1]), ("Four five six.", [2])]
+    assert cited_sentences("One two three. [1]. Four five six. [2].") == [("One two three.", [1]),
+                                                                         ("Four five six.", [2])]
     # a single trailing block of markers on an unmarked answer cites every sentence
     assert cited_sentences("One two three. Four five six. [1] [2]") == [("One two three.", [1, 2]),
                                                                         ("Four five six.", [1, 2])]

@@ -11,6 +11,14 @@ from ..chunking import section_title
 from .metrics import CURVE_K, STAGES, SUPPORT_TEST, mean, metrics_by_kind
 
 
+
+def covered_rule(settings: dict) -> str:
+    """How the run decided covered / not covered, as rag.retrieve.Retriever.decide does."""
+    model = settings.get("coverage_model")
+    if model and Path(model).exists():
+        return f"the coverage model `{Path(model).name}` (rag calibrate) says so"
+    return f"the best dense or heading cosine >= refusal threshold {settings['refusal_threshold']}"
+
 def _jsonable(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -149,7 +157,7 @@ def write_report(out: Path, info: dict, metrics: dict, results: list[dict]) -> N
         f"in latencies)",
         f"- settings: embedder `{s['embedder']}`, generator `{s['generator']}`, fusion `{s['fusion']}` "
         f"(dense weight {s['dense_weight']}, rrf_k {s['rrf_k']}), top_k {s['top_k']}, candidates {s['candidates']}, "
-        f"refusal threshold {s['refusal_threshold']}, chunks {s['max_chunk_tokens']} tokens "
+        f"covered when {covered_rule(s)}, chunks {s['max_chunk_tokens']} tokens "
         f"(overlap {s['chunk_overlap_tokens']}), context {s['context_tokens']} tokens, "
         f"max_new_tokens {s['max_new_tokens']}, index `{s['index_dir']}`",
         "",
@@ -307,7 +315,7 @@ def write_compare(out: Path, info: dict, rows: list[dict]) -> None:
             f"{info['load_average_start']}; total {info.get('seconds', 0):.0f} s\n\n{table}\n\n"
             f"`n` is the number of questions a row used. Retrieval rows score the top_k={info['settings']['top_k']} "
             f"sections (nDCG on the top 10); their refusal columns are retrieval's own \"covered\" decision "
-            f"(Retrieval.covered: confidence >= refusal threshold {info['settings']['refusal_threshold']}). "
+            f"(Retrieval.covered: {covered_rule(info['settings'])}). "
             f"`ctx chars@5` is the mean text length of the top 5 retrieved items (sections vs 1000-char chunks: "
             f"larger units hit more easily). Latencies exclude model loading.\n\n{notes}\n\n![compare](compare.png)\n")
     (out / "compare.md").write_text(text, encoding="utf-8")
