@@ -93,7 +93,8 @@ class Chat:
             from .generate import load_generator
 
             s = self.settings
-            self._generator = load_generator(s.generator, dtype=s.generator_dtype, threads=s.generator_threads or None)
+            self._generator = load_generator(s.generator, dtype=s.generator_dtype, threads=s.generator_threads or None,
+                                             serialize=s.generator_serial)
         return self._generator
 
     @property

@@ -34,6 +34,7 @@ class Settings:
     generator: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"  # packaged; "SmolLM2-135M-Instruct" for small machines
     generator_dtype: str = "bfloat16"  # or "float32", "int8" (docs/generator.md has the measurements)
     generator_threads: int = 0  # torch threads for the model; 0: torch's default, one per core
+    generator_serial: bool = True  # concurrent answers take turns per step (False + 1 thread: parallel answers)
     device: str = "cpu"
     embed_batch_size: int = 32
     embed_backend: str = "openvino"  # one of rag.embed_backends.BACKENDS; recorded in the index manifest
@@ -115,6 +116,11 @@ def _coerce(name: str, raw):
     default = getattr(Settings(), name)
     if default is None or isinstance(raw, type(default)):
         return raw
+    if isinstance(default, bool):  # bool("false") is True: read the word
+        word = str(raw).strip().lower()
+        if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise SettingsError(f"setting {name}={raw!r} is not true or false")
+        return word in ("1", "true", "yes", "on")
     try:
         return Path(raw) if isinstance(default, Path) else type(default)(raw)
     except (TypeError, ValueError) as e:

@@ -27,6 +27,12 @@ def test_bad_settings_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("RAG_TOP_K", "many")
     with pytest.raises(SettingsError, match="top_k='many' is not a valid int"):
         load_settings(config=tmp_path / "none.toml")
+    monkeypatch.delenv("RAG_TOP_K")
+    monkeypatch.setenv("RAG_GENERATOR_SERIAL", "false")  # a word, not bool("false") == True
+    assert load_settings(config=tmp_path / "none.toml").generator_serial is False
+    monkeypatch.setenv("RAG_GENERATOR_SERIAL", "maybe")
+    with pytest.raises(SettingsError, match="generator_serial='maybe' is not true or false"):
+        load_settings(config=tmp_path / "none.toml")
 
 
 @pytest.mark.parametrize("values, message", [
