@@ -89,10 +89,14 @@ def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"
     if not prose:  # a formula alone answers nothing
         return []
     best_n, _, best = prose[0]
-    close = [(n, s) for n, s, _ in ranked if n == best_n][:most]
-    picked = [t for t in close if not is_formula(t[1])] or [prose[0][:2]]
-    picked += [t for t in close if is_formula(t[1])][:1]
-    order = {s: i for i, s in enumerate(s for p in context for s in answer_sentences(p.context))}
+    close = [(n, s) for n, s, _ in ranked if n == best_n]
+    picked = [t for t in close if not is_formula(t[1])][:most]
+    reading = [s for p in context for s in answer_sentences(p.context)]
+    order = {s: i for i, s in enumerate(reading)}
+    # a formula joins only after the picked sentence that leads into it: alone it would open the answer or
+    # float between unrelated sentences ("why pre ln > post ln" began with the Post-LN formula)
+    chosen = {s for _, s in picked}
+    picked += [t for t in close if is_formula(t[1]) and order[t[1]] > 0 and reading[order[t[1]] - 1] in chosen][:1]
     picked.sort(key=lambda t: order[t[1]])
     if not retrieval.joined:
         picked += second_hop(retrieval.query, ranked, picked, context, best - chat.settings.second_hop_margin)

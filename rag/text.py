@@ -32,6 +32,7 @@ _MARK = re.compile(r"\[(\d+)\]")
 _LEADING_MARKS = re.compile(r"^\s*((?:\[\d+\][\s.,;:]*)+)")
 _TRAILING_MARKS = re.compile(r"((?:\s*\[\d+\])+)\s*\.?\s*$")
 _STOP_AFTER_MARKS = re.compile(r"([.!?])((?:\s*\[\d+\])+)\s*\.")  # "impact. [1]." (a model's habit)
+_FORMULA_MARKS = re.compile(r"(\$\$(?:\s*\[\d+\])+)[ \t]+")  # "$$...$$ [1] Next": the formula ends there
 LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
 PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
 
@@ -54,7 +55,7 @@ def cited_sentences(text: str) -> list[tuple[str, list[int]]]:
     belongs to that sentence; when the only markers are one block at the very end of the answer, they
     cite every sentence. The one parse of "which [n] belongs to which sentence" for the chat and the eval."""
     out: list[list] = []
-    for line in text.splitlines():
+    for line in _FORMULA_MARKS.sub("\\1\n", text).splitlines():
         for piece in split_sentences(_STOP_AFTER_MARKS.sub(r"\1\2", LIST_MARKER.sub("", line))):
             lead = _LEADING_MARKS.match(piece)
             if lead and out:

@@ -1,7 +1,6 @@
 """Answers with the real embedder and generator over a real index: citations, refusals, follow-ups, bad input."""
 
 import json
-import re
 
 import pytest
 
@@ -42,8 +41,7 @@ def test_two_part_question_is_answered_from_both_sections(chat):
                      "Activation Functions: Interview Questions & Answers"}, a.answer
     assert "GELU" in a.answer
     by_n = {c.n: c for c in a.citations}
-    for s in sentences(a.answer):  # every sentence still copied from the passage it cites
-        marks = [int(m) for m in re.findall(r"\[(\d+)\]", a.answer[a.answer.find(s):])[:1]]
+    for s, marks in cited_sentences(a.answer):  # every sentence (and formula) copied from the passage it cites
         assert marks and supported(s, by_n[marks[0]].text), s
 
 

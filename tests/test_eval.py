@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rag.eval.evaluate import EvalRun, QuestionFileError, load_questions, run_eval, stratified
-from rag.eval.metrics import KINDS, aggregate, groundedness, ndcg, normalize, strictly_supported, token_f1
+from rag.eval.metrics import KINDS, groundedness, ndcg, normalize, strictly_supported, token_f1
 from rag.text import cited_sentences
 from rag.settings import DEFAULT_FEED, PROJECT_DIR
 
@@ -100,6 +100,8 @@ def test_metric_helpers():
     assert cited_sentences("One two three. [1] Four five six. [2]") == [("One two three.", [1]), ("Four five six.", [2])]
     assert cited_sentences("One two three. [1]. Four five six. [2].") == [("One two three.", [1]),
                                                                          ("Four five six.", [2])]
+    assert cited_sentences("One two three. [1] $$x = y$$ [1] Four five six. [2]") == [
+        ("One two three.", [1]), ("$$x = y$$", [1]), ("Four five six.", [2])]  # a formula is its own sentence
     # a single trailing block of markers on an unmarked answer cites every sentence
     assert cited_sentences("One two three. Four five six. [1] [2]") == [("One two three.", [1, 2]),
                                                                         ("Four five six.", [1, 2])]

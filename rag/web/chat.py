@@ -436,7 +436,7 @@ class ChatUI:
                     filter_note = gr.Markdown(elem_id="filter-note")
                     all_posts = gr.Button("Search all posts", size="sm", scale=0, min_width=120, elem_id="all-posts")
                 with gr.Row(elem_id="input-row"):
-                    question = gr.Textbox(show_label=False, placeholder="e.g. how do I pick k for k-means?",
+                    question = gr.Textbox(show_label=False, placeholder="e.g. why is pre-LN more stable than post-LN?",
                                           scale=5, min_width=160, max_lines=6, autofocus=True, elem_id="question")
                     ask = gr.Button("Ask", variant="primary", scale=1, min_width=72, elem_id="ask")
                     stop = gr.Button("Stop", variant="stop", scale=1, min_width=72, visible=False, elem_id="stop")
