@@ -11,13 +11,13 @@ from ..chunking import section_title
 from .metrics import CURVE_K, STAGES, SUPPORT_TEST, mean, metrics_by_kind
 
 
-
 def covered_rule(settings: dict) -> str:
     """How the run decided covered / not covered, as rag.retrieve.Retriever.decide does."""
     model = settings.get("coverage_model")
     if model and Path(model).exists():
         return f"the coverage model `{Path(model).name}` (rag calibrate) says so"
     return f"the best dense or heading cosine >= refusal threshold {settings['refusal_threshold']}"
+
 
 def _jsonable(o):
     if isinstance(o, (np.floating, np.integer)):
