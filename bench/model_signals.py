@@ -38,8 +38,6 @@ from rag.settings import load_settings  # noqa: E402
 JUDGE = ("You judge whether a passage answers a question. Reply with Yes if the passage contains the answer, "
          "otherwise No.")
 WRITER = "You write interview questions about machine learning."
-SKETCH = ("You are an expert in machine learning. Answer the interview question in one short sentence, using the "
-          "standard technical terms.")
 
 
 def words(text: str, n: int) -> str:
@@ -89,10 +87,6 @@ class ModelSignals:
         lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor([q] * len(seqs))[..., None])[..., 0]
         return lp.mean(-1).tolist()
 
-    def sketch(self, question: str) -> str:
-        msgs = [{"role": "system", "content": SKETCH}, {"role": "user", "content": question}]
-        return "".join(self.gen.generate(msgs, 40, stop_strings=("\n",)))
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,16 +101,15 @@ def main() -> int:
     rows, start = [], time.perf_counter()
     for q in questions:
         plan = chat.plan(q["question"], q.get("history"))
-        r = chat.retrieve(plan)
+        r = chat.search(plan)  # the first look
         texts = [f"{p.section.split(' > ')[-1]}\n{words(p.context, 110)}" for p in r.passages[:5]]
         rel = relevance([p.text for p in r.passages[:5]], q["evidence"])[0] if q["evidence"] else [False] * len(texts)
         row = {"id": q["id"], "covered": bool(q["evidence"]), "decided": r.covered, "confidence": r.confidence,
                "relevant": rel, "yes": signals.yes_probability(texts[0], q["question"]) if texts else 0.5}
         *row["likelihood"], row["likelihood_alone"] = signals.question_likelihoods(texts + [None], q["question"])
-        if not r.covered and r.confidence >= 0.03 and not r.signals.get("rare_unknown"):
-            sketch = signals.sketch(r.query)
-            again = chat.retriever.search(f"{q['question']} {sketch}", plan.k, post=plan.post)
-            row["sketch_covered"], _, _ = chat.retriever.decide(chat.retriever.index, r.query, again.passages)
+        if not r.covered and chat.unsure(r):  # the chat's own second look (rag.answer.Chat.second_look)
+            again = chat.second_look(plan, r)
+            row["sketch_covered"], row["sketch"] = again.covered, again.sketch
         rows.append(row)
     labels = [r["covered"] for r in rows]
     covered = [r for r in rows if r["covered"] and r["likelihood"]]

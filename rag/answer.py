@@ -9,15 +9,17 @@ The flow is three public steps, so the app, the CLI, the eval and the benchmarks
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 from .conversation import check_history, check_k, check_question, follow_up
+from .errors import RagError
 from .grounding import best_support, supported
 from .modes import Pending, get_mode, trimmed
 from .retrieve import Passage, Retrieval, Retriever
@@ -27,6 +29,10 @@ from .text import cited_sentences
 log = logging.getLogger(__name__)
 
 NOT_COVERED = "The posts don't cover this."
+# the second look's sketch: the model's own one-line answer, used only as search words (Chat.second_look)
+SKETCH_PROMPT = ("You are an expert in machine learning. Answer the interview question in one short sentence, "
+                 "using the standard technical terms.")
+SKETCH_TOKENS = 40
 
 
 @dataclass
@@ -86,6 +92,8 @@ class Chat:
         self.settings = settings
         self.retriever = retriever or Retriever(settings)
         self._generator = None
+        # greedy decoding gives a query the same sketch every time: a repeat (the eval, a regenerate) is free
+        self._sketch = functools.lru_cache(maxsize=256)(self._write_sketch)
 
     @property
     def generator(self):
@@ -127,6 +135,47 @@ class Chat:
                     check_k(k, self.settings.top_k), fusion or self.settings.fusion, mode)
 
     def retrieve(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
+        """The plan's search (`search`), and a second look when the posts seem not to cover it but retrieval is
+        unsure (`second_look`)."""
+        retrieval = self.search(plan, k, fusion)
+        if retrieval.covered or not self.unsure(retrieval):
+            return retrieval
+        return self.second_look(plan, retrieval, k, fusion)
+
+    def unsure(self, retrieval: Retrieval) -> bool:
+        # the floor is a probability of the coverage model; a word the posts never use is no near miss
+        return (self.settings.second_look and bool(retrieval.passages) and self.retriever.coverage is not None
+                and retrieval.confidence >= self.settings.second_look_floor
+                and not retrieval.signals.get("rare_unknown"))
+
+    def second_look(self, plan: Plan, retrieval: Retrieval, k: int | None = None,
+                    fusion: str | None = None) -> Retrieval:
+        """HyDE for an unsure refusal: the model answers the question in one sentence from what it knows, the
+        question plus that sketch is searched again, and the covered decision is made again on the question
+        with the sections found. The sketch only steers the search: an answer is still made of the posts'
+        sentences, picked for the question as asked. Casual phrasing ("knn with thousands of features = bad?
+        why tho") is where the first look fails; docs/eval.md has the measurements."""
+        start = time.perf_counter()
+        try:
+            sketch = self._sketch(retrieval.query)
+        except RagError as e:  # no model here: the first look stands
+            log.warning("second look skipped: %s", e)
+            return retrieval
+        k, fusion = k or plan.k, fusion or plan.fusion
+        again = self.retriever.search(f"{retrieval.query} {sketch}", k, post=plan.post, fusion=fusion)
+        covered, confidence, signals = self.retriever.decide(self.retriever.index, retrieval.query, again.passages)
+        seconds = retrieval.seconds + time.perf_counter() - start
+        if not covered:
+            return replace(retrieval, seconds=seconds, sketch=sketch)
+        return replace(again, query=retrieval.query, query_vector=retrieval.query_vector, covered=True,
+                       confidence=confidence, signals=signals, seconds=seconds, joined=retrieval.joined,
+                       sketch=sketch)
+
+    def _write_sketch(self, query: str) -> str:
+        messages = [{"role": "system", "content": SKETCH_PROMPT}, {"role": "user", "content": query}]
+        return "".join(self.generator.generate(messages, SKETCH_TOKENS, stop_strings=("\n",))).strip()
+
+    def search(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
         """The plan's search; the eval repeats it with another k or fusion. A question that may be a
         follow-up is searched alone first and joined to the previous question only if alone it is not
         covered and names nothing the posts never mention ("how do I bake sourdough?" after an optimizer

@@ -43,6 +43,7 @@ class Retrieval:
     query_vector: np.ndarray | None = None  # the embedding of `query`, so answering need not embed it again
     signals: dict = field(default_factory=dict)  # what the covered decision was made on (rag.coverage)
     joined: bool = False  # searched together with the previous question (a follow-up)
+    sketch: str = ""  # the model's one-line sketch answer, when the decision took a second look (rag.answer)
 
 
 def join_overlapping(texts: list[str]) -> str:

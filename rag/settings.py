@@ -60,6 +60,8 @@ class Settings:
     coverage_model: Path | None = PROJECT_DIR / "rag" / "coverage_model.json"  # `rag calibrate` writes it
     refusal_threshold: float = 0.49  # without a coverage model: the best dense or heading cosine must reach it
     suggest_similarity: float = 0.35  # a refusal offers the nearest sections when one is at least this similar
+    second_look: bool = True  # an unsure "not covered": the model sketches an answer, searched and decided again
+    second_look_floor: float = 0.03  # the coverage probability from which a refusal counts as unsure
     section_words: int = 400  # a cited section shows its subsections up to this many words
 
     # answering

@@ -111,6 +111,31 @@ def test_the_covered_decision(chat, question, covered):
     assert retrieval.covered == covered, (question, retrieval.confidence, retrieval.signals)
 
 
+@pytest.mark.slow
+def test_an_unsure_refusal_gets_a_second_look_with_the_model(chat):
+    """A casual covered question the first look refuses: the model's one-line sketch, searched with it,
+    finds the section (HyDE); an uncovered question stays refused after its second look; a question that
+    names things the posts never use, or that nothing comes near, costs no model call."""
+    plan = chat.plan("knn w/ tons of features, bad idea?")
+    first = chat.search(plan)
+    assert not first.covered and chat.unsure(first)
+    looked = chat.retrieve(plan)
+    assert looked.covered and looked.sketch and looked.query == plan.question
+    assert "high-dimensional" in looked.passages[0].section
+    answer = chat.stream_plan(plan, looked)
+    *_, final = answer
+    assert not final.refused and final.citations[0].post_title.startswith("The Must-Know Interview Questions")
+
+    uncovered = chat.retrieve(chat.plan("How do I compute statistical power for an A/B test?"))
+    assert not uncovered.covered and uncovered.sketch  # looked again, still not covered
+    for question in ("how do I bake sourdough", "How does AMSGrad fix Adam's convergence issues?"):
+        far = chat.retrieve(chat.plan(question))
+        assert not far.covered and not far.sketch  # no second look
+
+    off = Chat(chat.settings.replace(second_look=False), chat.retriever)
+    assert not off.retrieve(plan).covered
+
+
 @pytest.mark.parametrize("question", ["", "   \n\t "])
 def test_empty_question_is_a_clear_error(chat, question):
     with pytest.raises(QuestionError, match="Please type a question"):

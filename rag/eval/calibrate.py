@@ -86,7 +86,7 @@ def to_model(pipeline, threshold: float, questions: str) -> CoverageModel:
 def calibrate(settings: Settings, dev_file: str | Path, out: str | Path, test_file: str | Path | None = None,
               model_path: str | Path | None = None, ev: Evaluator | None = None) -> dict:
     """Fit on dev (cross-validated), write the model and `out` (JSON) with a plot beside it (.png)."""
-    ev = ev or Evaluator(settings)
+    ev = ev or Evaluator(settings.replace(second_look=False))  # fit on the first look's signals: what it decides on
     x, y, cosine = signals(ev, load_questions(dev_file))
     oof = cross_validated(x, y)
     chosen = best_threshold(oof, y, THRESHOLDS)
