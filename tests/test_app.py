@@ -111,20 +111,23 @@ class AppProcess:
             self.proc.wait()
 
 
-def start_full_app(full_index, tmp_path_factory, name: str) -> AppProcess:
+def start_full_app(full_index, tmp_path_factory, name: str, second_look: bool = True) -> AppProcess:
     """The app on the bundled corpus (index built once per session), extractive by default for speed,
-    its feedback file in a temporary directory."""
+    its feedback file in a temporary directory; `app.settings` are the app's."""
     settings, _ = full_index
     out = tmp_path_factory.mktemp(name)
-    app = AppProcess(settings.index_dir, out / "app.log", RAG_FEEDBACK_PATH=str(out / "feedback.jsonl"))
+    app = AppProcess(settings.index_dir, out / "app.log", RAG_FEEDBACK_PATH=str(out / "feedback.jsonl"),
+                     RAG_SECOND_LOOK=str(second_look).lower())
     app.wait_until_serving()
-    app.settings, app.feedback = settings, out / "feedback.jsonl"
+    app.settings, app.feedback = settings.replace(second_look=second_look), out / "feedback.jsonl"
     return app
 
 
 @pytest.fixture(scope="module")
 def full_app(full_index, tmp_path_factory):
-    app = start_full_app(full_index, tmp_path_factory, "full_app")
+    # without the second look an extractive app loads no model, so the model mode's loading state is seen
+    # (the second look in the app: small_app and the soak test)
+    app = start_full_app(full_index, tmp_path_factory, "full_app", second_look=False)
     yield app
     app.stop()
 
@@ -391,6 +394,13 @@ def test_phone_layout_shows_sources_before_settings(full_app, phone, tmp_path):
 
 
 # ------------------------------------------------------------------ the model: loading, queue, Stop
+
+
+def test_the_app_loads_the_model_at_start_for_the_second_look(small_app, page):
+    """An extractive app with the second look on (the default) loads the model in the background at start,
+    and the status line says when it is ready: an unsure refusal never waits for a load."""
+    open_app(page, small_app)
+    page.wait_for_function("() => document.querySelector('#status')?.innerText?.includes('ready')", timeout=300_000)
 
 
 def test_generator_mode_loading_queue_and_stop(full_app, page):
