@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_index(settings)
         app = App(settings)
         app.chat.retriever.search("warm up")  # first-query costs paid before the first user arrives
-        if MODES[settings.answer_mode].uses_generator or settings.second_look:
+        if MODES[settings.answer_mode].uses_generator or app.chat.takes_second_looks:
             app.loader.start()  # the page serves meanwhile and says the model is loading
         # new posts in the feed are indexed in-process and switched in atomically; the status line says so
         app.chat_ui.watcher = FeedWatcher(settings).start()

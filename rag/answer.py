@@ -142,9 +142,14 @@ class Chat:
             return retrieval
         return self.second_look(plan, retrieval, k, fusion)
 
+    @property
+    def takes_second_looks(self) -> bool:
+        """The second look is on, and a coverage model gives the probability its floor is set in."""
+        return self.settings.second_look and self.retriever.coverage is not None
+
     def unsure(self, retrieval: Retrieval) -> bool:
-        # the floor is a probability of the coverage model; a word the posts never use is no near miss
-        return (self.settings.second_look and bool(retrieval.passages) and self.retriever.coverage is not None
+        # a word the posts never use makes a question no near miss
+        return (self.takes_second_looks and bool(retrieval.passages)
                 and retrieval.confidence >= self.settings.second_look_floor
                 and not retrieval.signals.get("rare_unknown"))
 
@@ -215,7 +220,7 @@ class Chat:
         answer = Answer(plan.question, retrieval.query, passages=retrieval.passages, mode=mode.name)
         answer.timings["retrieve"] = retrieval.seconds
         if not retrieval.covered or not retrieval.passages:
-            if plan.previous:  # the nearest sections for the question asked, not for the one before it
+            if retrieval.joined:  # the nearest sections for the question asked, not for the one before it
                 retrieval = self.retriever.search(plan.question, plan.k, post=plan.post, fusion=plan.fusion)
             yield self._refuse(answer, retrieval, start)
             return

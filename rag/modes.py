@@ -80,8 +80,8 @@ def prompt(query: str, context: list["Passage"]) -> str:
 
 def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"], most: int) -> list[tuple[int, str]]:
     """(passage index, sentence) pairs that answer the question: the `most` sentences most similar to the
-    question of the section holding the most similar one, in reading order (at most one formula, never a
-    formula alone); then perhaps one sentence of another section for a two-part question (not for a follow-up,
+    question of the section holding the most similar one, in reading order (at most one formula, only after
+    the sentence that leads into it); then perhaps one sentence of another section for a two-part question (not for a follow-up,
     whose query carries the earlier question's words too). Four sentences held the evidence for clearly more
     dev questions than three or a similarity margin did, at about 45 words (docs/eval.md)."""
     ranked = ranked_sentences(chat, retrieval, context)
