@@ -155,26 +155,33 @@ class Chat:
 
     def second_look(self, plan: Plan, retrieval: Retrieval, k: int | None = None,
                     fusion: str | None = None) -> Retrieval:
-        """HyDE for an unsure refusal: the model answers the question in one sentence from what it knows, the
-        question plus that sketch is searched again, and the covered decision is made again on the question
-        with the sections found. The sketch only steers the search: an answer is still made of the posts'
-        sentences, picked for the question as asked. Casual phrasing ("knn with thousands of features = bad?
-        why tho") is where the first look fails; docs/eval.md has the measurements."""
+        """HyDE for an unsure refusal (`look_again`): the first look stands unless the second finds the question
+        covered. Casual phrasing ("knn with thousands of features = bad? why tho") is where the first look
+        fails; docs/eval.md has the measurements."""
         start = time.perf_counter()
         try:
-            sketch = self._sketch(retrieval.query)
+            again = self.look_again(plan, retrieval, k, fusion)
         except RagError as e:  # no model here: the first look stands
             log.warning("second look skipped: %s", e)
             return retrieval
+        seconds = retrieval.seconds + time.perf_counter() - start
+        if not again.covered:
+            return replace(retrieval, seconds=seconds, sketch=again.sketch)
+        return replace(again, seconds=seconds)
+
+    def look_again(self, plan: Plan, retrieval: Retrieval, k: int | None = None,
+                   fusion: str | None = None) -> Retrieval:
+        """The model answers the question in one sentence from what it knows, the question plus that sketch is
+        searched again, and the covered decision is made again on the question with the sections found. The
+        sketch only steers the search: an answer is still made of the posts' sentences, picked for the
+        question as asked. `rag calibrate` also calls this, to fit the threshold the two looks share."""
+        sketch = self._sketch(retrieval.query)
         k, fusion = k or plan.k, fusion or plan.fusion
         again = self.retriever.search(f"{retrieval.query} {sketch}", k, post=plan.post, fusion=fusion)
-        covered, confidence, signals = self.retriever.decide(self.retriever.index, retrieval.query, again.passages)
-        seconds = retrieval.seconds + time.perf_counter() - start
-        if not covered:
-            return replace(retrieval, seconds=seconds, sketch=sketch)
-        return replace(again, query=retrieval.query, query_vector=retrieval.query_vector, covered=True,
-                       confidence=confidence, signals=signals, seconds=seconds, joined=retrieval.joined,
-                       sketch=sketch)
+        covered, confidence, signals = self.retriever.decide(self.retriever.index, retrieval.query,
+                                                             retrieval.query_vector, again.passages)
+        return replace(again, query=retrieval.query, query_vector=retrieval.query_vector, covered=covered,
+                       confidence=confidence, signals=signals, joined=retrieval.joined, sketch=sketch)
 
     def _write_sketch(self, query: str) -> str:
         messages = [{"role": "system", "content": SKETCH_PROMPT}, {"role": "user", "content": query}]

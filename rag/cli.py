@@ -102,6 +102,7 @@ def _calibrate(args, settings) -> int:
 
     result = calibrate(settings, args.questions, args.out, args.test, args.model)
     rows = [("dev, cross-validated", result["cross_validated"]),
+            ("dev, first look only", result["first_look_only"]),
             ("dev, single cosine", result["single_cosine_cross_dev"])]
     if "test" in result:
         rows += [("test, model", result["test"]["model"]), ("test, single cosine", result["test"]["single_cosine"])]

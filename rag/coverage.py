@@ -25,7 +25,11 @@ import numpy as np
 from .errors import RagError
 from .text import content_words, stem, stems, words
 
-FEATURES = ("dense", "heading", "dense_gap", "top_term_share", "log_words", "rare_unknown", "rare_share")
+FEATURES = ("dense", "heading", "sentence", "dense_gap", "top_term_share", "log_words", "rare_unknown",
+            "rare_share")
+# "sentence" looks for one sentence that matches the question in this many of the best sections: a near-miss
+# matches a section's topic, a covered question also matches the sentence that answers it
+SENTENCE_SECTIONS = 3
 # Zipf frequency (log10 per billion words) under which an English word counts as rare: everyday words such as
 # "weird" (4.8) or "choke" (3.7) lie above it, technical terms such as "lstm" (1.7) or "hashing" (2.6) below.
 RARE_ZIPF = 3.5
@@ -98,8 +102,9 @@ class Vocabulary:
         return self._frequent_words
 
 
-def features(question: str, passages: list, vocab: Vocabulary) -> dict[str, float]:
-    """The signals the decision is made on; `passages` in rank order (rag.retrieve.Passage)."""
+def features(question: str, passages: list, vocab: Vocabulary, sentence: float) -> dict[str, float]:
+    """The signals the decision is made on; `passages` in rank order (rag.retrieve.Passage); `sentence` is the
+    best cosine of the question with a standalone sentence of the first SENTENCE_SECTIONS passages."""
     question_stems = stems(question)
     dense = [p.dense for p in passages] or [0.0]
     known = [w for w in question_stems if w in vocab.df]
@@ -109,6 +114,7 @@ def features(question: str, passages: list, vocab: Vocabulary) -> dict[str, floa
     return {
         "dense": max(dense),
         "heading": max((p.heading for p in passages), default=0.0),
+        "sentence": sentence,
         "dense_gap": dense[0] - (float(np.mean(dense[1:])) if len(dense) > 1 else 0.0),
         "top_term_share": sum(vocab.idf(w) for w in known if w in top) / weight if weight else 0.0,
         "log_words": math.log1p(len(question_stems)),

@@ -11,9 +11,8 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
-from .embedder import embed
 from .errors import RagError
-from .text import CITATION, STOPWORDS, cited_sentences, sentences, stems
+from .text import CITATION, answer_sentences, cited_sentences, stems, unquoted
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
@@ -29,26 +28,13 @@ SYSTEM_PROMPT = (
 # ------------------------------------------------------------------ sentences an answer may use
 
 
-def answer_sentences(text: str) -> list[str]:
-    """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
-    list or a formula ("... for class i is"), not a fragment cut inside bold text."""
-    out = []
-    for s in sentences(text):
-        bare = s.replace("*", "").strip()
-        words = bare.split()
-        if (len(words) >= 5 and not _unquoted(bare).endswith((":", "?")) and s.count("**") % 2 == 0
-                and words[-1].lower() not in STOPWORDS):
-            out.append(s)
-    return out
-
-
 def ranked_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"]) -> list[tuple[int, str, float]]:
     """(passage index, sentence, similarity to the question): the best-ranked section's sentences first, most
     similar first, then the other sections'. The question's vector comes with the retrieval."""
     candidates = [(n, s) for n, p in enumerate(context) for s in answer_sentences(p.context)]
     if not candidates:
         return []
-    sims = embed(chat.retriever.model, [s for _, s in candidates]) @ retrieval.query_vector[0]
+    sims = chat.retriever.sentence_vectors([s for _, s in candidates]) @ retrieval.query_vector[0]
     return sorted(((n, s, float(x)) for (n, s), x in zip(candidates, sims)), key=lambda t: (t[0] > 0, -t[2]))
 
 
@@ -59,11 +45,7 @@ def is_formula(s: str) -> bool:
 def as_sentence(s: str) -> str:
     """A list item copied into running text ends with a full stop, so the answer still splits into sentences."""
     s = s.rstrip()
-    return s if _unquoted(s).endswith((".", "!", "?", "$$")) else s + "."
-
-
-def _unquoted(s: str) -> str:
-    return s.rstrip("\"'”’)* ")
+    return s if unquoted(s).endswith((".", "!", "?", "$$")) else s + "."
 
 
 def trimmed(p: "Passage", words: int) -> "Passage":

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from .coverage import CoverageModel, Vocabulary, features
+from .coverage import SENTENCE_SECTIONS, CoverageModel, Vocabulary, features
 from .embedder import embed, load_embedder
 from .fusion import get_fusion, minmax
 from .index import Index, LiveIndex
 from .settings import Settings
+from .text import answer_sentences
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Retriever:
         self.model = load_embedder(settings.embedder, settings.device, settings.embed_backend)
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add contention (docs/benchmarks.md)
         self._headings: dict[str, np.ndarray] = {}  # heading -> vector, filled lazily
+        self._sentences: dict[str, np.ndarray] = {}  # passage sentence -> vector, filled lazily
         self.coverage = CoverageModel.load(settings.coverage_model)
         self._vocabulary: tuple[str, Vocabulary] | None = None  # (generation, its vocabulary)
 
@@ -174,13 +176,16 @@ class Retriever:
         qvec = vectors.mean(axis=0, keepdims=True)
         qvec /= np.linalg.norm(qvec)
         passages = self._sections(index, fused, cos, k, qvec)
-        covered, confidence, signals = self.decide(index, queries[-1], passages)
+        covered, confidence, signals = self.decide(index, queries[-1], vectors[-1:], passages)
         return Retrieval(queries[-1], passages, covered, confidence, time.perf_counter() - start, vectors[-1:],
                          signals, bool(context))
 
-    def decide(self, index: Index, query: str, passages: list[Passage]) -> tuple[bool, float, dict]:
+    def decide(self, index: Index, query: str, qvec: np.ndarray,
+               passages: list[Passage]) -> tuple[bool, float, dict]:
         """Covered or not, the confidence it was decided on, and the signals (rag.coverage)."""
-        signals = features(query, passages, self.vocabulary(index))
+        sentences = [s for p in passages[:SENTENCE_SECTIONS] for s in answer_sentences(p.text)]
+        best_sentence = float((self.sentence_vectors(sentences) @ qvec[0]).max()) if sentences else 0.0
+        signals = features(query, passages, self.vocabulary(index), best_sentence)
         if self.coverage is not None:
             p = self.coverage.probability(signals)
             return p >= self.coverage.threshold, p, signals
@@ -195,6 +200,14 @@ class Retriever:
                 sections.setdefault((c.post_guid, c.section_no), [c.section]).append(c.text)
             self._vocabulary = (index.generation, Vocabulary([" ".join(t) for t in sections.values()]))
         return self._vocabulary[1]
+
+    def sentence_vectors(self, sentences: list[str]) -> np.ndarray:
+        """Vectors of passage sentences, each embedded once: the covered decision and the extractive answer
+        both compare the question with the sentences of the same few sections."""
+        missing = [s for s in dict.fromkeys(sentences) if s not in self._sentences]
+        if missing:
+            self._sentences.update(zip(missing, embed(self.model, missing)))
+        return np.array([self._sentences[s] for s in sentences])
 
     def heading_similarity(self, qvec: np.ndarray, headings: list[str]) -> np.ndarray:
         """Cosine of the query with section headings, which in this blog are mostly the interview questions."""

@@ -95,3 +95,21 @@ def stem(word: str) -> str:
 def stems(text: str) -> set[str]:
     """Stems of the content words: "activation" meets "activations", "normalize" meets "normalization"."""
     return {stem(w) for w in content_words(text)}
+
+
+def answer_sentences(text: str) -> list[str]:
+    """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
+    list or a formula ("... for class i is"), not a fragment cut inside bold text."""
+    out = []
+    for s in sentences(text):
+        bare = s.replace("*", "").strip()
+        tokens = bare.split()
+        if (len(tokens) >= 5 and not unquoted(bare).endswith((":", "?")) and s.count("**") % 2 == 0
+                and tokens[-1].lower() not in STOPWORDS):
+            out.append(s)
+    return out
+
+
+def unquoted(s: str) -> str:
+    """`s` without closing quotes, brackets and bold marks, to see how the sentence itself ends."""
+    return s.rstrip("\"'”’)* ")

@@ -111,7 +111,7 @@ class AppProcess:
             self.proc.wait()
 
 
-def start_full_app(full_index, tmp_path_factory, name: str, second_look: bool = True) -> AppProcess:
+def start_full_app(full_index, tmp_path_factory, name: str, second_look: bool = False) -> AppProcess:
     """The app on the bundled corpus (index built once per session), extractive by default for speed,
     its feedback file in a temporary directory; `app.settings` are the app's."""
     settings, _ = full_index
@@ -125,8 +125,8 @@ def start_full_app(full_index, tmp_path_factory, name: str, second_look: bool = 
 
 @pytest.fixture(scope="module")
 def full_app(full_index, tmp_path_factory):
-    # without the second look an extractive app loads no model, so the model mode's loading state is seen
-    # (the second look in the app: small_app and the soak test)
+    # without the second look (the default) an extractive app loads no model, so the model mode's loading
+    # state is seen (the second look in the app: small_app and the soak test)
     app = start_full_app(full_index, tmp_path_factory, "full_app", second_look=False)
     yield app
     app.stop()
@@ -138,9 +138,10 @@ def small_app(tmp_path_factory, settings_for):
     it must build the index itself before serving."""
     out = tmp_path_factory.mktemp("small_app")
     feed = write_feed(out / "feed.xml", keep=[9], new=[(XSS_GUID, XSS_TITLE, XSS_HTML)])
-    app = AppProcess(out / "index", out / "app.log", RAG_FEED=str(feed))
+    # with the second look on (off by default), so that its model load at start is seen (full_app: off)
+    app = AppProcess(out / "index", out / "app.log", RAG_FEED=str(feed), RAG_SECOND_LOOK="true")
     app.wait_until_serving()
-    app.settings, app.out = settings_for(out / "index"), out
+    app.settings, app.out = settings_for(out / "index").replace(second_look=True), out
     yield app
     app.stop()
 
@@ -397,7 +398,7 @@ def test_phone_layout_shows_sources_before_settings(full_app, phone, tmp_path):
 
 
 def test_the_app_loads_the_model_at_start_for_the_second_look(small_app, page):
-    """An extractive app with the second look on (the default) loads the model in the background at start,
+    """An extractive app with the second look on loads the model in the background at start,
     and the status line says when it is ready: an unsure refusal never waits for a load."""
     open_app(page, small_app)
     page.wait_for_function("() => document.querySelector('#status')?.innerText?.includes('ready')", timeout=300_000)

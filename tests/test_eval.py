@@ -9,6 +9,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag.eval.evaluate import EvalRun, QuestionFileError, load_questions, run_eval, stratified
@@ -198,9 +199,11 @@ def test_calibrate_fits_on_dev_and_reports_test(full_index, tmp_path):
     from rag.eval.calibrate import calibrate
 
     settings, _ = full_index
+    settings = settings.replace(second_look=False)  # retrieval only; the second look has its own test
     out, model_path = tmp_path / "calibration.json", tmp_path / "coverage.json"
     dev, test = _small_question_file(tmp_path, n=40), QUESTION_FILES[1]
     result = calibrate(settings, dev, out, test, model_path)
+    assert result["second_look"] is False and result["second_looks_taken"] == 0
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert _png_size(out.with_suffix(".png"))[0] > 200
     model = CoverageModel.load(model_path)
@@ -215,3 +218,29 @@ def test_calibrate_fits_on_dev_and_reports_test(full_index, tmp_path):
     chat = Chat(settings.replace(coverage_model=model_path))
     assert chat.ask("how do i bake sourdough bread at home?").refused
     assert not chat.ask("What is out-of-bag error in a random forest?").refused
+
+
+def test_two_looks_is_the_chats_decision():
+    from rag.eval.calibrate import two_looks
+
+    first = np.array([0.9, 0.2, 0.2, 0.01, 0.2])
+    second = np.array([0.1, 0.8, np.nan, 0.9, 0.1])
+    # a confident first look stands; an unsure refusal takes the second look's probability when it was taken
+    # and the first reached the floor; below the floor, or without a second look, the first look decides
+    assert two_looks(first, second, 0.03).tolist() == [0.9, 0.8, 0.2, 0.01, 0.2]
+    assert two_looks(first, second, None).tolist() == first.tolist()
+
+
+@pytest.mark.slow
+def test_calibrate_with_the_second_look(full_index, tmp_path):
+    """With the real 0.5B model: the threshold is chosen for both looks, as the chat decides."""
+    from rag.eval.calibrate import calibrate
+
+    settings, _ = full_index
+    out, model_path = tmp_path / "calibration.json", tmp_path / "coverage.json"
+    result = calibrate(settings.replace(second_look=True), _small_question_file(tmp_path, n=30), out, None, model_path)
+    assert result["second_look"] is True and 0 < result["second_looks_taken"] <= 30
+    chosen, first = result["cross_validated"], result["first_look_only"]
+    assert chosen["threshold"] == first["threshold"] == json.loads(model_path.read_text())["threshold"]
+    # second looks only turn refusals into answers
+    assert chosen["false_refusal"] <= first["false_refusal"] and chosen["refusal"] <= first["refusal"]

@@ -122,10 +122,10 @@ def _passage(section: str, text: str, dense: float, heading: float) -> Passage:
 def test_coverage_features_and_model():
     passages = [_passage("Adam", "Adam adapts the learning rate per parameter.", 0.7, 0.5),
                 _passage("Xavier", "Xavier initialization suits tanh.", 0.3, 0.1)]
-    f = features("how does adam adapt the learning rate", passages, VOCAB)
-    assert f["dense"] == 0.7 and f["heading"] == 0.5 and f["dense_gap"] == pytest.approx(0.4)
+    f = features("how does adam adapt the learning rate", passages, VOCAB, 0.6)
+    assert f["dense"] == 0.7 and f["heading"] == 0.5 and f["sentence"] == 0.6 and f["dense_gap"] == pytest.approx(0.4)
     assert f["top_term_share"] == 1.0 and f["rare_unknown"] == 0.0
-    f = features("what does amsgrad fix", passages, VOCAB)
+    f = features("what does amsgrad fix", passages, VOCAB, 0.2)
     assert f["rare_unknown"] == 1.0 and f["rare_share"] == pytest.approx(1 / 2)
     model = CoverageModel(["dense", "rare_unknown"], [0.5, 0.0], [0.1, 1.0], [2.0, -3.0], 0.0, 0.5)
     assert model.probability({"dense": 0.5, "rare_unknown": 0.0}) == pytest.approx(0.5)

@@ -33,7 +33,7 @@ MAX_RSS_GROWTH_MB = 200  # after the warm-up
 
 @pytest.fixture(scope="module")
 def soak_app(full_index, tmp_path_factory):
-    app = start_full_app(full_index, tmp_path_factory, "soak_app")
+    app = start_full_app(full_index, tmp_path_factory, "soak_app", second_look=True)  # the model in the app too
     yield app
     app.stop()
 
