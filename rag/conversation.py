@@ -15,6 +15,9 @@ from .text import content_words
 FOLLOWUP_START = re.compile(r"^(and|also|what about|how about|what if|same for|and for|and what|and how|and why)\b",
                             re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
+# the most content words a question with a pronoun may have and still be taken for a possible follow-up; on dev
+# five kept every follow-up's figures and joined fewer standalone questions to an unrelated turn (docs/eval.md)
+PRONOUN_WORDS = 5
 MAX_K = 20  # sections a question may ask for: more only slows the answer and floods the Sources panel
 
 
@@ -74,12 +77,15 @@ class FollowUp:
 
 def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     """Whether a question may depend on the previous turn. A question that starts like a follow-up does; one
-    with a pronoun or three content words or fewer may ("how do I pick k for k-means?" is short but complete):
-    the chat searches it alone first and joins it to the previous question only if alone it is not covered."""
+    with three content words or fewer may ("how do I pick k for k-means?" is short but complete), and so may one
+    with a pronoun and at most PRONOUN_WORDS of them ("is it expensive?", but not "my model looks great offline
+    but acts weird in prod, what's that called": a question that long says what it is about). The chat searches
+    it alone first and joins it to the previous question only if alone it is not covered."""
     if not history:
         return None
     if FOLLOWUP_START.match(question.strip()):
         return FollowUp(history[-1][0], True)
-    if PRONOUNS.search(question) or len(content_words(question)) <= 3:
+    words = len(content_words(question))
+    if words <= 3 or (words <= PRONOUN_WORDS and PRONOUNS.search(question)):
         return FollowUp(history[-1][0], False)
     return None

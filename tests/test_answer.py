@@ -97,6 +97,10 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
         assert [p.section for p in after.passages] == [p.section for p in alone.passages]
     bread = chat.ask("how do I bake sourdough", history)
     assert bread.refused and bread.suggestions == []  # not the optimizer sections of the turn before
+    # seen in the browser: a long casual question with "that" was joined to an OOB question and answered about OOB
+    oob = [["what is out of bag error", "Remaining ~36.8% are Out-of-Bag for that tree."]]
+    prod = chat.ask("my model looks great offline but acts weird in prod, what's that called", oob)
+    assert all("Out-of-Bag" not in c.section for c in prod.citations)
 
 
 @pytest.mark.parametrize("question, covered", [

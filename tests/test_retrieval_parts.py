@@ -73,6 +73,9 @@ def test_follow_up_decision():
     maybe = follow_up("is it expensive?", history)  # a pronoun: searched alone first, joined if not covered
     assert maybe and not maybe.explicit
     assert follow_up("How does a random forest estimate out-of-bag error for each training sample?", history) is None
+    # a pronoun in a question that says what it is about does not make it a follow-up
+    assert follow_up("my model looks great offline but acts weird in prod, what's that called", history) is None
+    assert follow_up("does that work for clusters of different density?", history)
     assert follow_up("and for DBSCAN?", []) is None
 
 
