@@ -24,7 +24,7 @@ from .grounding import best_support, supported
 from .modes import Pending, get_mode, trimmed
 from .retrieve import Passage, Retrieval, Retriever
 from .settings import Settings
-from .text import cited_sentences
+from .text import cited_sentences, stems
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ class Chat:
         """The plan's search; the eval repeats it with another k or fusion. A question that may be a
         follow-up is searched alone first and joined to the previous question only if alone it is not
         covered and names nothing the posts never mention ("how do I bake sourdough?" after an optimizer
-        question stays alone), so a complete question is never mixed with an unrelated previous one. An
+        question stays alone), and if joined its best section has one of its words ("thanks!" stays alone), so
+        a complete question is never mixed with an unrelated previous one. An
         explicit follow-up is covered if it is covered joined or, failing that, alone."""
         k, fusion = k or plan.k, fusion or plan.fusion
         if not plan.previous:
@@ -205,7 +206,10 @@ class Chat:
         alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
         if alone.covered or alone.signals.get("rare_unknown"):
             return alone  # covered alone, or it names something the posts never mention: not a follow-up
-        return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
+        joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
+        # joined, "thanks!", "tell me a joke" or "group norm vs instance norm?" find the previous question's
+        # section; a follow-up shares at least one word with the section it is about ("is that expensive?")
+        return joined if stems(plan.question) & _section_stems(joined) else alone
 
     def ask(self, question: str, history=None, **kw) -> Answer:
         answer = None
@@ -295,6 +299,11 @@ class Chat:
         answer.timings["first_token"] = answer.timings["total"] = time.perf_counter() - start
         answer.done = True
         return answer
+
+
+def _section_stems(retrieval: Retrieval) -> set[str]:
+    top = retrieval.passages[0] if retrieval.passages else None
+    return stems(f"{top.section} {top.text}") if top else set()
 
 
 def _suggestions(passages: list[Passage]) -> list[str]:

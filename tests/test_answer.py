@@ -101,6 +101,10 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
     oob = [["what is out of bag error", "Remaining ~36.8% are Out-of-Bag for that tree."]]
     prod = chat.ask("my model looks great offline but acts weird in prod, what's that called", oob)
     assert all("Out-of-Bag" not in c.section for c in prod.citations)
+    for chatter in ("thanks!", "tell me a joke", "who are you?"):  # short, so maybe follow-ups: never the OOB answer again
+        reply = chat.ask(chatter, oob)
+        assert reply.refused and reply.query == chatter, chatter  # searched alone
+    assert not chat.ask("why is it useful?", oob).refused  # a real follow-up still is one
 
 
 @pytest.mark.parametrize("question, covered", [
