@@ -15,6 +15,10 @@ from .text import content_words
 FOLLOWUP_START = re.compile(r"^(and|also|what about|how about|what if|same for|and for|and what|and how|and why)\b",
                             re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
+# what people type to be polite or to acknowledge an answer: not a question about the previous turn (joined to
+# it, "thanks!" found the closing "Thanks for reading" section of the post just discussed)
+SOCIAL = frozenset("thanks thank thx ty ok okay cool nice great awesome perfect lol haha hi hello hey bye got sure "
+                   "yes yeah yep no nope wow".split())
 # the most content words a question with a pronoun may have and still be taken for a possible follow-up; on dev
 # five kept every follow-up's figures and joined fewer standalone questions to an unrelated turn (docs/eval.md)
 PRONOUN_WORDS = 5
@@ -80,12 +84,16 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     with three content words or fewer may ("how do I pick k for k-means?" is short but complete), and so may one
     with a pronoun and at most PRONOUN_WORDS of them ("is it expensive?", but not "my model looks great offline
     but acts weird in prod, what's that called": a question that long says what it is about). The chat searches
-    it alone first and joins it to the previous question only if alone it is not covered."""
+    it alone first and joins it to the previous question only if alone it is not covered. "thanks!" or "ok cool"
+    is never a follow-up."""
     if not history:
         return None
     if FOLLOWUP_START.match(question.strip()):
         return FollowUp(history[-1][0], True)
-    words = len(content_words(question))
+    own = content_words(question)
+    if own and own <= SOCIAL:
+        return None
+    words = len(own)
     if words <= 3 or (words <= PRONOUN_WORDS and PRONOUNS.search(question)):
         return FollowUp(history[-1][0], False)
     return None

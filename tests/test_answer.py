@@ -105,6 +105,8 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
         reply = chat.ask(chatter, oob)
         assert reply.refused and reply.query == chatter, chatter  # searched alone
     assert not chat.ask("why is it useful?", oob).refused  # a real follow-up still is one
+    # joined, "thanks!" found the closing "Thanks for reading" section of the post just discussed
+    assert chat.ask("thanks!", [["whats the point of layernorm in transformers", "..."]]).refused
 
 
 @pytest.mark.parametrize("question, covered", [

@@ -76,6 +76,7 @@ def test_follow_up_decision():
     # a pronoun in a question that says what it is about does not make it a follow-up
     assert follow_up("my model looks great offline but acts weird in prod, what's that called", history) is None
     assert follow_up("does that work for clusters of different density?", history)
+    assert follow_up("thanks!", history) is None and follow_up("ok cool, thank you", history) is None
     assert follow_up("and for DBSCAN?", []) is None
 
 
