@@ -189,10 +189,10 @@ class Chat:
 
     def search(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
         """The plan's search; the eval repeats it with another k or fusion. A question that may be a
-        follow-up is searched alone first and joined to the previous question only if alone it is not
-        covered and names nothing the posts never mention ("how do I bake sourdough?" after an optimizer
-        question stays alone), and if joined its best section has one of its words ("thanks!" stays alone), so
-        a complete question is never mixed with an unrelated previous one. An
+        follow-up is searched alone and joined to the previous question; it is taken as joined only if it
+        names nothing the posts never mention ("how do I bake sourdough?" after an optimizer question stays
+        alone), joined its best section has one of its words ("tell me a joke" stays alone), and joined it is
+        likelier covered than alone, so a complete question is not mixed with an unrelated previous one. An
         explicit follow-up is covered if it is covered joined or, failing that, alone."""
         k, fusion = k or plan.k, fusion or plan.fusion
         if not plan.previous:
@@ -204,12 +204,15 @@ class Chat:
             alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
             return alone if alone.covered else joined
         alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
-        if alone.covered or alone.signals.get("rare_unknown"):
-            return alone  # covered alone, or it names something the posts never mention: not a follow-up
+        if alone.signals.get("rare_unknown"):
+            return alone  # it names something the posts never mention: not a follow-up
         joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
-        # joined, "thanks!", "tell me a joke" or "group norm vs instance norm?" find the previous question's
-        # section; a follow-up shares at least one word with the section it is about ("is that expensive?")
-        return joined if stems(plan.question) & _section_stems(joined) else alone
+        # joined, "tell me a joke" or "group norm vs instance norm?" find the previous question's section; a
+        # follow-up shares at least one word with the section it is about ("is that expensive?"). A vague
+        # follow-up can also look covered alone, in some other section: the likelier of the two decides.
+        if stems(plan.question) & _section_stems(joined) and joined.confidence > alone.confidence:
+            return joined
+        return alone
 
     def ask(self, question: str, history=None, **kw) -> Answer:
         answer = None
