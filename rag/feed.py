@@ -245,6 +245,8 @@ def parse_feed(data: bytes, source: str = "feed", max_item_chars: int = MAX_ITEM
         parsed = feedparser.parse(data, sanitize_html=False, resolve_relative_uris=False)
     except UndeclaredNamespace as e:  # raised from inside feedparser's XML parser rather than reported
         raise FeedError(f"{source} is not well-formed XML ({e}); {UNCHANGED}") from None
+    except (ValueError, LookupError) as e:  # a damaged encoding name: "UT\0-8" cannot even be looked up
+        raise FeedError(f"{source} has an unreadable character encoding ({e}); {UNCHANGED}") from None
     if not parsed.entries:
         reason = f": {parsed.get('bozo_exception')}" if parsed.get("bozo") else ""
         raise FeedError(f"{source} is not an RSS/Atom feed with items{reason}")

@@ -147,6 +147,15 @@ def test_a_damaged_byte_in_a_utf8_feed_is_refused_not_read_as_windows_1252():
                         r"the index was not changed", str(err.value)), str(err.value)
 
 
+def test_a_damaged_encoding_name_is_refused_not_a_traceback():
+    """Found by the fuzz test: a NUL byte in the XML declaration's encoding name made feedparser raise."""
+    data = bundled_bytes()
+    at = data.index(b"UTF-8") + 2
+    with pytest.raises(FeedError, match=r"bad-encoding\.xml has an unreadable character encoding .*; the index was "
+                                        r"not changed"):
+        parse_feed(data[:at] + b"\x00" + data[at + 1:], "bad-encoding.xml")
+
+
 def test_harmless_encoding_quirks_are_still_accepted():
     # A legacy feed that declares UTF-8 but is really Latin-1: feedparser's CharacterEncodingOverride, not damage.
     latin1 = RSS.replace('<?xml version="1.0"?>', '<?xml version="1.0" encoding="utf-8"?>').format(
