@@ -204,21 +204,23 @@ class Retriever:
     def sentence_vectors(self, sentences: list[str]) -> np.ndarray:
         """Vectors of passage sentences, each embedded once: the covered decision and the extractive answer
         both compare the question with the sentences of the same few sections."""
-        missing = [s for s in dict.fromkeys(sentences) if s not in self._sentences]
-        if missing:
-            self._sentences.update(zip(missing, embed(self.model, missing)))
-        return np.array([self._sentences[s] for s in sentences])
+        return self._embedded(self._sentences, sentences)
 
     def heading_similarity(self, qvec: np.ndarray, headings: list[str]) -> np.ndarray:
         """Cosine of the query with section headings, which in this blog are mostly the interview questions."""
-        missing = [h for h in dict.fromkeys(headings) if h not in self._headings]
-        if missing:
+        if any(h not in self._headings for h in headings):
             # every heading of the index in one batch (about a second for this blog), paid by the warm-up
             # query, instead of a few per query that slowed the first hundred questions 3-10x
             everything = [v for _, section in self.index.sections() for v in _heading_variants(section)]
-            missing = [h for h in dict.fromkeys(missing + everything) if h not in self._headings]
-            self._headings.update(zip(missing, embed(self.model, missing)))
-        return np.array([self._headings[h] for h in headings]) @ qvec[0] if headings else np.zeros(0)
+            self._embedded(self._headings, headings + everything)
+        return self._embedded(self._headings, headings) @ qvec[0] if headings else np.zeros(0)
+
+    def _embedded(self, cache: dict[str, np.ndarray], texts: list[str]) -> np.ndarray:
+        """The vectors of `texts`, embedding in one batch only those `cache` does not hold yet."""
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, embed(self.model, missing)))
+        return np.array([cache[t] for t in texts])
 
     def _sections(self, index: Index, fused: dict[int, float], cos: dict[int, float], k: int,
                   qvec: np.ndarray) -> list[Passage]:
