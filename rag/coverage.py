@@ -68,11 +68,34 @@ class Vocabulary:
 
     def spelled_out(self, word: str) -> str | None:
         """How the posts write a word of a question they would not match as typed: a joined-up hyphenated
-        term ("kmeans" -> "k-means") or a misspelling ("xaiver" -> "xavier")."""
+        term ("kmeans" -> "k-means"), a clipped one ("vocab" -> "vocabulary") or a misspelling ("xaiver" ->
+        "xavier")."""
         word = word.lower()
         if word in self.hyphenated and word not in self.df:
             return self.hyphenated[word]
-        return self.correction(word)
+        return self.completion(word) or self.correction(word)
+
+    def completion(self, word: str) -> str | None:
+        """A clipped word's full form in the posts ("vocab" -> "vocabulary", "distrib" -> "distribution"): the
+        word the posts use most among those it begins, when nearly all of those share one stem, for words of four
+        letters or more that are neither in the posts nor common English. Chat clips long terms, and a clipped
+        word is no misspelling (too many edits away): without this "vocab" counted as an unknown rare term."""
+        if len(word) < 4 or not word.isalpha() or self.known(word) or english_zipf(word) >= RARE_ZIPF:
+            return None
+        stem_ = word[:-1] if word.endswith("s") and len(word) > 4 else word  # "params" -> "param..."
+        longer = [(n, w) for w, n in self.words.items() if w.startswith(stem_) and len(w) >= len(stem_) + 2
+                  and w.isalpha()]
+        by_stem = Counter()
+        for n, w in longer:
+            by_stem[stem(w)] += n
+        if not by_stem:
+            return None
+        top, uses = by_stem.most_common(1)[0]
+        # only an unambiguous clip: "conv" begins "convolution" and "convergence", "dist" begins "distance"
+        # and "distribution"; a guess between them would add a wrong word to the search
+        if uses < 0.9 * sum(by_stem.values()):
+            return None
+        return max((n, w) for n, w in longer if stem(w) == top)[1]
 
     def rare_unknown(self, text: str) -> list[str]:
         """Content words of `text` that the posts never use and that are rare in English: the names of the

@@ -114,6 +114,8 @@ def spell_out(text: str, vocab: Vocabulary) -> str:
     text = expand_shorthand(text)
 
     def note(m: re.Match) -> str:
+        if text[m.end():m.end() + 2] == " (":  # spelled out already ("init (initialization)")
+            return m.group(0)
         spelled = vocab.spelled_out(m.group(0))
         return f"{m.group(0)} ({spelled})" if spelled else m.group(0)
 

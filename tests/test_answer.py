@@ -121,6 +121,26 @@ def test_the_covered_decision(chat, question, covered):
     assert retrieval.covered == covered, (question, retrieval.confidence, retrieval.signals)
 
 
+BPE_POST = """<h2>How does byte-pair encoding build its vocabulary?</h2><p>BPE starts from single characters and
+counts every adjacent pair of symbols in the training text. The most frequent pair is merged into a new symbol, the
+counts are updated, and the step repeats until the vocabulary reaches the size chosen in advance. Frequent words
+end up as single tokens while rare words are split into subword pieces.</p><h2>Why do tokenizers normalize
+text?</h2><p>Normalization such as Unicode NFKC maps different byte sequences of the same character to one form,
+so that the vocabulary is not wasted on variants.</p>"""
+
+
+def test_a_new_posts_questions_are_answered_in_chat_words(tmp_path, settings_for):
+    # reported: after `rag index --feed` added a tokenization post, this was refused ("vocab" looked like an
+    # unknown rare term, and the posts say "vocabulary")
+    feed = write_feed(tmp_path / "feed.xml", keep=list(range(10)),
+                      new=[("https://x/tokenizers", "Tokenizers: Interview Questions", BPE_POST)])
+    settings = settings_for(tmp_path / "index", answer_mode="extractive")
+    update_index(settings, feed)
+    reply = Chat(settings).ask("how does BPE decide what to merge when building its vocab?")
+    assert not reply.refused, reply.answer
+    assert reply.citations[0].section == "How does byte-pair encoding build its vocabulary?"
+
+
 @pytest.mark.slow
 def test_an_unsure_refusal_gets_a_second_look_with_the_model(chat):
     """With `second_look` on: a casual covered question the first look refuses, the model's one-line sketch,

@@ -106,6 +106,18 @@ def test_vocabulary_knows_the_posts_words_joined_up_and_inflected():
     assert VOCAB.spelled_out("variance") is None  # already the posts' spelling
 
 
+def test_a_clipped_word_is_completed_only_when_the_posts_complete_it_one_way():
+    vocab = Vocabulary(["BPE merges pairs until the vocabulary is full.", "Convolution layers share weights.",
+                        "Training reaches convergence sooner with momentum.", "Information gain picks the split."])
+    assert vocab.completion("vocab") == "vocabulary"  # one section is enough: chat clips the posts' own term
+    assert vocab.spelled_out("vocab") == "vocabulary"
+    assert vocab.rare_unknown(spell_out("how does bpe build its vocab", vocab)) == []  # not an unknown topic
+    assert vocab.completion("conv") is None  # convolution or convergence: no guess
+    assert vocab.completion("info") is None  # common English: left as typed
+    assert vocab.completion("bpe") is None  # a word the posts use as it is
+    assert spell_out("init sizes", VOCAB) == "init (initialization) sizes"  # the shorthand table's, not twice
+
+
 def test_rare_unknown_words_name_what_the_posts_do_not_cover():
     # everyday words the posts never use are not evidence of an uncovered topic; rare technical ones are
     assert VOCAB.rare_unknown("lol is adam weird or gonna be ok") == []
