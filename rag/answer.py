@@ -18,7 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
-from .conversation import check_history, check_k, check_question, follow_up
+from .conversation import PRONOUNS, check_history, check_k, check_question, follow_up
 from .errors import RagError
 from .grounding import best_support, supported
 from .modes import Pending, get_mode, trimmed
@@ -191,8 +191,9 @@ class Chat:
         """The plan's search; the eval repeats it with another k or fusion. A question that may be a
         follow-up is searched alone and joined to the previous question; it is taken as joined only if it
         names nothing the posts never mention ("how do I bake sourdough?" after an optimizer question stays
-        alone), joined its best section has one of its words ("tell me a joke" stays alone), and joined it is
-        likelier covered than alone, so a complete question is not mixed with an unrelated previous one. An
+        alone), it has a pronoun or joined its best section has one of its words ("tell me a joke" stays
+        alone), and joined it is likelier covered than alone, so a complete question is not mixed with an
+        unrelated previous one. An
         explicit follow-up is covered if it is covered joined or, failing that, alone."""
         k, fusion = k or plan.k, fusion or plan.fusion
         if not plan.previous:
@@ -208,9 +209,11 @@ class Chat:
             return alone  # it names something the posts never mention: not a follow-up
         joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
         # joined, "tell me a joke" or "group norm vs instance norm?" find the previous question's section; a
-        # follow-up shares at least one word with the section it is about ("is that expensive?"). A vague
+        # follow-up shares at least one word with the section it is about ("is that expensive?") or points back
+        # with a pronoun ("what are its weaknesses?" after DBSCAN, whose section never says "weakness"). A vague
         # follow-up can also look covered alone, in some other section: the likelier of the two decides.
-        if stems(plan.question) & _section_stems(joined) and joined.confidence > alone.confidence:
+        if (PRONOUNS.search(plan.question) or stems(plan.question) & _section_stems(joined)) \
+                and joined.confidence > alone.confidence:
             return joined
         return alone
 

@@ -84,6 +84,9 @@ def test_followup_uses_the_conversation(chat):
     assert "DBSCAN" in a.passages[0].text
     alone = chat.ask("and for it?")
     assert alone.refused or "DBSCAN" not in alone.passages[0].section
+    # a pronoun says what it is about even when the section never uses the question's own word ("weaknesses")
+    weak = chat.ask("what are its weaknesses?", [["how does DBSCAN work?", "It grows clusters from dense points."]])
+    assert not weak.refused and "DBSCAN" in weak.citations[0].section, weak.answer
 
 
 def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
