@@ -193,8 +193,8 @@ class Chat:
         names nothing the posts never mention ("how do I bake sourdough?" after an optimizer question stays
         alone), it has a pronoun or joined its best section has one of its words ("tell me a joke" stays
         alone), and joined it is likelier covered than alone, so a complete question is not mixed with an
-        unrelated previous one. An
-        explicit follow-up is covered if it is covered joined or, failing that, alone."""
+        unrelated previous one. An explicit follow-up is covered if it is covered joined or, failing that,
+        alone. Which earlier question counts as "previous" is rag.conversation's decision."""
         k, fusion = k or plan.k, fusion or plan.fusion
         if not plan.previous:
             return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import RagError
-from .text import content_words
+from .text import content_words, words
 
 # Openings that only make sense after another question. "why", "so", "then", "or" and "but" open complete
 # questions just as often: counting them joined many standalone dev questions to an unrelated earlier turn
@@ -19,6 +19,8 @@ PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|
 # it, "thanks!" found the closing "Thanks for reading" section of the post just discussed)
 SOCIAL = frozenset("thanks thank thx ty ok okay cool nice great awesome perfect lol haha hi hello hey bye got sure "
                    "yes yeah yep no nope wow".split())
+# a message that asks something, even when it opens politely ("thanks! and how about DBSCAN")
+ASKING = re.compile(r"\?|\b(what|whats|why|how|when|which|who|where|can|could|should|would|does|do|is|are)\b", re.I)
 # the most content words a question with a pronoun may have and still be taken for a possible follow-up; on dev
 # five kept every follow-up's figures and joined fewer standalone questions to an unrelated turn (docs/eval.md)
 PRONOUN_WORDS = 5
@@ -85,15 +87,51 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     with a pronoun and at most PRONOUN_WORDS of them ("is it expensive?", but not "my model looks great offline
     but acts weird in prod, what's that called": a question that long says what it is about). The chat searches
     it alone first and joins it to the previous question only if alone it is not covered. "thanks!" or "ok cool"
-    is never a follow-up."""
-    if not history:
+    is never a follow-up, and a follow-up refers to the last question that was more than that."""
+    previous = _subject(history)
+    if previous is None:
         return None
     if FOLLOWUP_START.match(question.strip()):
-        return FollowUp(history[-1][0], True)
-    own = content_words(question)
-    if own and own <= SOCIAL:
+        return FollowUp(previous, True)
+    if _social(question):
         return None
-    words = len(own)
-    if words <= 3 or (words <= PRONOUN_WORDS and PRONOUNS.search(question)):
-        return FollowUp(history[-1][0], False)
-    return None
+    return FollowUp(previous, False) if _may_follow(question) else None
+
+
+def _subject(history: list[tuple[str, str]]) -> str | None:
+    """The question a follow-up refers to: the last one that was more than polite, together with the one
+    before it when it pointed back to that one ("and its weaknesses?" after "is it slow on big data?"
+    after "how does DBSCAN work?" is about DBSCAN). One step back only: a long chat of short questions would
+    otherwise drag every earlier subject along."""
+    asked = [q for q, _ in history if not _social(q)]
+    if not asked:
+        return None
+    if len(asked) > 1 and _points_back(asked[-1]):
+        return f"{asked[-1]} {asked[-2]}"
+    return asked[-1]
+
+
+def _points_back(question: str) -> bool:
+    """Refers to an earlier turn in so many words: a follow-up opening, or a pronoun in a short question (a
+    short question alone may be complete: "how do I pick k for k-means?")."""
+    return bool(FOLLOWUP_START.match(question.strip())) or (
+        len(content_words(question)) <= PRONOUN_WORDS and bool(PRONOUNS.search(question)))
+
+
+def _may_follow(question: str) -> bool:
+    """Worded like a possible follow-up: a follow-up opening, three content words or fewer, or a pronoun and
+    at most PRONOUN_WORDS of them."""
+    words_ = len(content_words(question))
+    return bool(FOLLOWUP_START.match(question.strip())) or words_ <= 3 or (
+        words_ <= PRONOUN_WORDS and bool(PRONOUNS.search(question)))
+
+
+def _social(text: str) -> bool:
+    """Only polite words ("thanks!", "ok cool"), or a polite opening and no question ("thanks, that helps"): no
+    question, and no subject for a follow-up to refer to (after "how does DBSCAN work?" and "thanks, that
+    helps", "is it slow?" is about DBSCAN)."""
+    own = content_words(text)
+    if own and own <= SOCIAL:
+        return True
+    first = words(text)[:1]
+    return bool(first) and first[0] in SOCIAL and not ASKING.search(text)

@@ -78,6 +78,18 @@ def test_follow_up_decision():
     assert follow_up("does that work for clusters of different density?", history)
     assert follow_up("thanks!", history) is None and follow_up("ok cool, thank you", history) is None
     assert follow_up("and for DBSCAN?", []) is None
+    # polite turns are skipped: a follow-up refers to the last real question
+    chat = [("how does DBSCAN work?", "..."), ("thanks, that helps", "..."), ("ok cool", "...")]
+    assert follow_up("thanks, that helps", chat[:1]) is None
+    assert follow_up("is it slow on big data?", chat).previous == "how does DBSCAN work?"
+    assert follow_up("thanks! and how about k-means?", chat).previous == "how does DBSCAN work?"  # asks: not polite only
+    assert follow_up("ok cool", chat[1:]) is None and follow_up("is it slow?", chat[1:]) is None  # nothing asked
+    # one that pointed back carries its own subject along, one step back
+    chained = chat[:1] + [("is it slow on big data?", "...")]
+    assert follow_up("and what about its weaknesses?", chained).previous == \
+        "is it slow on big data? how does DBSCAN work?"
+    complete = chat[:1] + [("how do I pick k for k-means?", "...")]  # short but complete: no chain
+    assert follow_up("is it expensive?", complete).previous == "how do I pick k for k-means?"
 
 
 def test_history_and_k_validation():
