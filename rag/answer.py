@@ -18,7 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
-from .conversation import PRONOUNS, check_history, check_k, check_question, follow_up
+from .conversation import PRONOUNS, check_history, check_k, check_question, follow_up, polite_reply, social
 from .errors import RagError
 from .grounding import best_support, supported
 from .modes import Pending, get_mode, trimmed
@@ -232,6 +232,9 @@ class Chat:
                     start: float | None = None) -> Iterator[Answer]:
         """Yields the growing Answer; the last one has done=True and its citations checked."""
         start = start or time.perf_counter()
+        if retrieval is None and social(plan.question):  # "thanks, that helps": nothing to search for
+            yield self._reply_politely(Answer(plan.question, plan.question, mode=plan.mode), start)
+            return
         retrieval = retrieval or self.retrieve(plan)
         mode = get_mode(plan.mode)
         answer = Answer(plan.question, retrieval.query, passages=retrieval.passages, mode=mode.name)
@@ -294,6 +297,16 @@ class Chat:
         answer.timings["total"] = time.perf_counter() - start
         answer.timings.setdefault("first_token", answer.timings["total"])
         answer.done = True
+
+    def _reply_politely(self, answer: Answer, start: float) -> Answer:
+        """A polite message gets a polite line, not "The posts don't cover this." (no sources; still a refusal
+        to the eval and the API: no section answers it)."""
+        answer.refused = True
+        answer.answer = polite_reply(answer.question)
+        answer.timings["retrieve"] = 0.0
+        answer.timings["first_token"] = answer.timings["total"] = time.perf_counter() - start
+        answer.done = True
+        return answer
 
     def _refuse(self, answer: Answer, retrieval: Retrieval, start: float) -> Answer:
         """The fixed refusal, no model. The nearest sections are offered only when they are near at all: for

@@ -19,6 +19,7 @@ PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|
 # it, "thanks!" found the closing "Thanks for reading" section of the post just discussed)
 SOCIAL = frozenset("thanks thank thx ty ok okay cool nice great awesome perfect lol haha hi hello hey bye got sure "
                    "yes yeah yep no nope wow".split())
+GREETINGS = frozenset("hi hello hey".split())
 # a message that asks something, even when it opens politely ("thanks! and how about DBSCAN")
 ASKING = re.compile(r"\?|\b(what|whats|why|how|when|which|who|where|can|could|should|would|does|do|is|are)\b", re.I)
 # the most content words a question with a pronoun may have and still be taken for a possible follow-up; on dev
@@ -93,7 +94,7 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
         return None
     if FOLLOWUP_START.match(question.strip()):
         return FollowUp(previous, True)
-    if _social(question):
+    if social(question):
         return None
     return FollowUp(previous, False) if _may_follow(question) else None
 
@@ -103,7 +104,7 @@ def _subject(history: list[tuple[str, str]]) -> str | None:
     before it when it pointed back to that one ("and its weaknesses?" after "is it slow on big data?"
     after "how does DBSCAN work?" is about DBSCAN). One step back only: a long chat of short questions would
     otherwise drag every earlier subject along."""
-    asked = [q for q, _ in history if not _social(q)]
+    asked = [q for q, _ in history if not social(q)]
     if not asked:
         return None
     if len(asked) > 1 and _points_back(asked[-1]):
@@ -126,7 +127,7 @@ def _may_follow(question: str) -> bool:
         words_ <= PRONOUN_WORDS and bool(PRONOUNS.search(question)))
 
 
-def _social(text: str) -> bool:
+def social(text: str) -> bool:
     """Only polite words ("thanks!", "ok cool"), or a polite opening and no question ("thanks, that helps"): no
     question, and no subject for a follow-up to refer to (after "how does DBSCAN work?" and "thanks, that
     helps", "is it slow?" is about DBSCAN)."""
@@ -135,3 +136,11 @@ def _social(text: str) -> bool:
         return True
     first = words(text)[:1]
     return bool(first) and first[0] in SOCIAL and not ASKING.search(text)
+
+
+def polite_reply(text: str) -> str:
+    """What the chat says to a polite message instead of searching the posts for it."""
+    first = words(text)[:1]
+    if first and first[0] in GREETINGS:
+        return "Hi! Ask me any interview question about the posts."
+    return "Glad to help. Ask me anything else about the posts."

@@ -268,6 +268,8 @@ def answer_markdown(turn: dict, index: int) -> str:
 
 
 def refusal_markdown(turn: dict) -> str:
+    if turn.get("answer") and turn["answer"] != NOT_COVERED:  # a polite reply to a polite message
+        return escape(turn["answer"])
     parts = [f"**{NOT_COVERED}**"]
     if turn.get("post_title"):
         parts.append(f"Only *{escape(turn['post_title'])}* was searched.")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from rag import render
 from rag.answer import NOT_COVERED, Chat
 from rag.conversation import QuestionError
 from rag.grounding import supported
@@ -110,6 +111,11 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
     assert not chat.ask("why is it useful?", oob).refused  # a real follow-up still is one
     # joined, "thanks!" found the closing "Thanks for reading" section of the post just discussed
     assert chat.ask("thanks!", [["whats the point of layernorm in transformers", "..."]]).refused
+    # a polite message gets a polite line, no search and no "nearest sections"
+    for polite, reply in (("thanks, that helps", "Glad to help"), ("hi", "Hi!")):
+        answer = chat.ask(polite, oob)
+        assert answer.refused and answer.answer.startswith(reply) and not answer.passages and not answer.suggestions
+    assert render.refusal_markdown(render.turn_record(chat.ask("ok cool"), turn_id="t")).startswith("Glad to help")
 
 
 @pytest.mark.parametrize("question, covered", [
