@@ -77,12 +77,12 @@ class Vocabulary:
 
     def completion(self, word: str) -> str | None:
         """A clipped word's full form in the posts ("vocab" -> "vocabulary", "distrib" -> "distribution"): the
-        word the posts use most among those it begins, when nearly all of those share one stem, for words of four
+        word the posts use most among those it begins, when nearly all of those share one stem, for words of five
         letters or more that are neither in the posts nor common English. Chat clips long terms, and a clipped
         word is no misspelling (too many edits away): without this "vocab" counted as an unknown rare term."""
-        if len(word) < 4 or not word.isalpha() or self.known(word) or english_zipf(word) >= RARE_ZIPF:
-            return None
-        stem_ = word[:-1] if word.endswith("s") and len(word) > 4 else word  # "params" -> "param..."
+        if len(word) < 5 or not word.isalpha() or self.known(word) or english_zipf(word) >= RARE_ZIPF:
+            return None  # four letters are too few to guess from: "mish" (an activation) begins "mishandled"
+        stem_ = word[:-1] if word.endswith("s") and len(word) > 5 else word  # "params" -> "param..."
         longer = [(n, w) for w, n in self.words.items() if w.startswith(stem_) and len(w) >= len(stem_) + 2
                   and w.isalpha()]
         by_stem = Counter()
