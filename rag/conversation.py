@@ -120,11 +120,8 @@ def _points_back(question: str) -> bool:
 
 
 def _may_follow(question: str) -> bool:
-    """Worded like a possible follow-up: a follow-up opening, three content words or fewer, or a pronoun and
-    at most PRONOUN_WORDS of them."""
-    words_ = len(content_words(question))
-    return bool(FOLLOWUP_START.match(question.strip())) or words_ <= 3 or (
-        words_ <= PRONOUN_WORDS and bool(PRONOUNS.search(question)))
+    """Worded like a possible follow-up: it points back, or it has three content words or fewer."""
+    return _points_back(question) or len(content_words(question)) <= 3
 
 
 def social(text: str) -> bool:
