@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -40,8 +41,20 @@ def _watch(args, settings) -> int:
         print(status.message, flush=True)
 
     settings = settings.replace(watch_interval=args.interval)  # validated like any setting
-    FeedWatcher(settings, feed=args.feed, on_status=show).run()
-    return 0
+    watcher = FeedWatcher(settings, feed=args.feed, on_status=show)
+
+    def interrupt(signum, frame):
+        # a KeyboardInterrupt raised while the interpreter runs a finalizer (__del__) is printed and dropped,
+        # and the watch went on (seen once in CI): the stop event ends the loop even then
+        watcher.stop_soon()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        watcher.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    raise KeyboardInterrupt  # stopped by the handler after a dropped KeyboardInterrupt: exit as interrupted
 
 
 def _read_history(path: str):

@@ -168,8 +168,17 @@ class FeedWatcher:
         """Check now, then at each next_check_at, until stop(). Blocks; `start` runs it in a thread."""
         while not self._stop.is_set():
             status = self.check()
-            self._wake.wait(max(0.0, status.next_check_at - time.time()))
+            # in slices of a second, so a stop requested without wake() (a signal handler may not touch the
+            # wake event's lock: rag.cli) ends the wait soon
+            while not self._stop.is_set() and time.time() < status.next_check_at:
+                if self._wake.wait(min(1.0, max(0.0, status.next_check_at - time.time()))):
+                    break
             self._wake.clear()
+
+    def stop_soon(self) -> None:
+        """Ask run() to end after the check in progress, within a second; safe in a signal handler (it sets
+        only the stop event, which run() reads without its lock)."""
+        self._stop.set()
 
     def start(self) -> "FeedWatcher":
         if self._thread is None or not self._thread.is_alive():

@@ -220,6 +220,18 @@ def test_the_watch_thread_updates_by_itself_and_stops(small, tmp_path):
     assert NEW[1] in posts(settings)
 
 
+def test_a_stop_asked_without_waking_ends_a_long_wait_within_a_second(small):
+    # what the CLI's Ctrl-C handler does when the KeyboardInterrupt itself gets dropped (it cannot wake())
+    settings, feed = small
+    checked = threading.Event()
+    watcher = FeedWatcher(settings, feed=feed, interval=300, on_status=lambda s: checked.set()).start()
+    assert checked.wait(60)
+    start = time.monotonic()
+    watcher.stop_soon()
+    watcher._thread.join(10)
+    assert not watcher._thread.is_alive() and time.monotonic() - start < 3
+
+
 def test_rag_index_watch_prints_one_line_per_change_and_stops_on_ctrl_c(small, tmp_path):
     settings, feed = small
     proc = subprocess.Popen([sys.executable, "-m", "rag.cli", "index", "--watch", "--interval", "0.3",
