@@ -234,9 +234,12 @@ def test_a_stop_asked_without_waking_ends_a_long_wait_within_a_second(small):
 
 def test_rag_index_watch_prints_one_line_per_change_and_stops_on_ctrl_c(small, tmp_path):
     settings, feed = small
+    # started as a background shell starts it, with SIGINT ignored (Python keeps an inherited SIG_IGN): the CLI
+    # must still stop on the SIGINT sent below
     proc = subprocess.Popen([sys.executable, "-m", "rag.cli", "index", "--watch", "--interval", "0.3",
                              "--index", str(settings.index_dir), "--feed", str(feed)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         first = proc.stdout.readline()
         assert "no new or changed posts" in first, first
