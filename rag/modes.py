@@ -63,26 +63,44 @@ def prompt(query: str, context: list["Passage"]) -> str:
 def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"], most: int) -> list[tuple[int, str]]:
     """(passage index, sentence) pairs that answer the question: the `most` sentences most similar to the
     question of the section holding the most similar one, in reading order (at most one formula, only after
-    the sentence that leads into it); then perhaps one sentence of another section for a two-part question (not for a follow-up,
-    whose query carries the earlier question's words too). Four sentences held the evidence for clearly more
-    dev questions than three or a similarity margin did, at about 45 words (docs/eval.md)."""
+    the sentence that leads into it). When the runner-up section scores nearly as high (close_sections), the
+    search could not tell the two apart: the answer takes half its sentences from each instead of betting on
+    the first. Otherwise perhaps one sentence of another section for a two-part question (not for a
+    follow-up, whose query carries the earlier question's words too). Lengths and the margin were chosen on
+    dev (docs/eval.md)."""
     ranked = ranked_sentences(chat, retrieval, context)
     prose = [t for t in ranked if not is_formula(t[1])]
     if not prose:  # a formula alone answers nothing
         return []
     best_n, _, best = prose[0]
-    close = [(n, s) for n, s, _ in ranked if n == best_n]
-    picked = [t for t in close if not is_formula(t[1])][:most]
     reading = [s for p in context for s in answer_sentences(p.context)]
     order = {s: i for i, s in enumerate(reading)}
-    # a formula joins only after the picked sentence that leads into it: alone it would open the answer or
-    # float between unrelated sentences ("why pre ln > post ln" began with the Post-LN formula)
-    chosen = {s for _, s in picked}
-    picked += [t for t in close if is_formula(t[1]) and order[t[1]] > 0 and reading[order[t[1]] - 1] in chosen][:1]
-    picked.sort(key=lambda t: order[t[1]])
+    runner = close_runner_up(retrieval, context, best_n, chat.settings.close_sections)
+    share = most // 2 if runner is not None else 0
+    picked = section_sentences(ranked, best_n, most - share, reading, order)
+    if runner is not None:
+        return picked + section_sentences(ranked, runner, share, reading, order)
     if not retrieval.joined:
         picked += second_hop(retrieval.query, ranked, picked, context, best - chat.settings.second_hop_margin)
     return picked
+
+
+def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict[str, int]) -> list[tuple[int, str]]:
+    """The `most` sentences of passage n most similar to the question, in reading order; a formula joins only
+    after the picked sentence that leads into it: alone it would open the answer or float between unrelated
+    sentences ("why pre ln > post ln" began with the Post-LN formula)."""
+    close = [(m, s) for m, s, _ in ranked if m == n]
+    picked = [t for t in close if not is_formula(t[1])][:most]
+    chosen = {s for _, s in picked}
+    picked += [t for t in close if is_formula(t[1]) and order[t[1]] > 0 and reading[order[t[1]] - 1] in chosen][:1]
+    return sorted(picked, key=lambda t: order[t[1]])
+
+
+def close_runner_up(retrieval: "Retrieval", context: list["Passage"], best_n: int, margin: float) -> int | None:
+    """The passage index of the best other section when its score is within `margin` of the best one's."""
+    if best_n != 0 or len(context) < 2:
+        return None
+    return 1 if context[0].score - context[1].score <= margin else None
 
 
 @dataclass(frozen=True)
@@ -100,7 +118,7 @@ class Extractive:
     description: str = "quotes the best sentences, no model"
     uses_generator: bool = False
     offered: bool = True
-    most: int = 4
+    most: int = 5
 
     def write(self, chat: "Chat", plan: "Plan", retrieval: "Retrieval", context: list["Passage"]) -> Iterator[str]:
         for j, (n, s) in enumerate(pick_sentences(chat, retrieval, context, self.most)):

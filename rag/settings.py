@@ -69,6 +69,7 @@ class Settings:
     # answering
     answer_mode: str = "extractive"  # one of rag.modes.MODES; the default is the best on dev (docs/eval.md)
     max_new_tokens: int = 160
+    close_sections: float = 0.1  # a runner-up section this close to the best (fused score) shares the answer
     second_hop_margin: float = 0.15  # extractive: a 2nd-section sentence may be this much less similar
     max_question_chars: int = 2000
     context_tokens: int = 900

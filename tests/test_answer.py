@@ -1,6 +1,7 @@
 """Answers with the real embedder and generator over a real index: citations, refusals, follow-ups, bad input."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -44,6 +45,24 @@ def test_two_part_question_is_answered_from_both_sections(chat):
     by_n = {c.n: c for c in a.citations}
     for s, marks in cited_sentences(a.answer):  # every sentence (and formula) copied from the passage it cites
         assert marks and supported(s, by_n[marks[0]].text), s
+
+
+def test_two_sections_the_search_cannot_tell_apart_share_the_answer(chat):
+    question = "how do I pick k for k-means?"  # K-Means++ and "the optimal number of clusters" score close
+    plan = chat.plan(question)
+    retrieval = chat.retrieve(plan)
+    gap = retrieval.passages[0].score - retrieval.passages[1].score
+
+    def cited(close_sections: float) -> list[int]:
+        other = Chat(chat.settings.replace(close_sections=close_sections), retriever=chat.retriever)
+        answer = next(a for a in other.stream_plan(plan, replace(retrieval, covered=True)) if a.done)
+        marks = [m for _, ms in cited_sentences(answer.answer) for m in ms]
+        assert len(marks) == 5 and marks == sorted(marks), answer.answer  # the first section's sentences first
+        return marks
+
+    assert set(cited(gap + 0.01)) == {1, 2}  # three sentences of the first section, two of the runner-up
+    assert cited(gap + 0.01).count(2) == 2
+    assert set(cited(gap - 0.01)) == {1}  # a clear winner answers alone
 
 
 def test_answer_sentences_skip_questions_lead_ins_and_broken_bold():
