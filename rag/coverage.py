@@ -27,6 +27,9 @@ from .text import content_words, stem, stems, words
 
 FEATURES = ("dense", "heading", "sentence", "dense_gap", "top_term_share", "log_words", "rare_unknown",
             "rare_share")
+# the decision looks at this many of the best sections whatever k the user asked for, so that asking for fewer
+# sections does not change whether a question is covered
+DECISION_SECTIONS = 5
 # "sentence" looks for one sentence that matches the question in this many of the best sections: a near-miss
 # matches a section's topic, a covered question also matches the sentence that answers it
 SENTENCE_SECTIONS = 3
@@ -126,7 +129,8 @@ class Vocabulary:
 
 
 def features(question: str, passages: list, vocab: Vocabulary, sentence: float) -> dict[str, float]:
-    """The signals the decision is made on; `passages` in rank order (rag.retrieve.Passage); `sentence` is the
+    """The signals the decision is made on; `passages` in rank order (rag.retrieve.Passage), at least
+    DECISION_SECTIONS of them when the index has that many; `sentence` is the
     best cosine of the question with a standalone sentence of the first SENTENCE_SECTIONS passages."""
     question_stems = stems(question)
     dense = [p.dense for p in passages] or [0.0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from .coverage import SENTENCE_SECTIONS, CoverageModel, Vocabulary, features
+from .coverage import DECISION_SECTIONS, SENTENCE_SECTIONS, CoverageModel, Vocabulary, features
 from .embedder import embed, load_embedder
 from .fusion import get_fusion, minmax
 from .index import Index, LiveIndex
@@ -177,9 +177,9 @@ class Retriever:
         cos = {i: max(c.get(i, -1.0) for _, c in scored) for _, c in scored for i in c}
         qvec = vectors.mean(axis=0, keepdims=True)
         qvec /= np.linalg.norm(qvec)
-        passages = self._sections(index, fused, cos, k, qvec)
+        passages = self._sections(index, fused, cos, max(k, DECISION_SECTIONS), qvec)
         covered, confidence, signals = self.decide(index, queries[-1], vectors[-1:], passages)
-        return Retrieval(queries[-1], passages, covered, confidence, time.perf_counter() - start, vectors[-1:],
+        return Retrieval(queries[-1], passages[:k], covered, confidence, time.perf_counter() - start, vectors[-1:],
                          signals, bool(context))
 
     def decide(self, index: Index, query: str, qvec: np.ndarray,

@@ -149,6 +149,14 @@ def test_the_covered_decision(chat, question, covered):
     assert retrieval.covered == covered, (question, retrieval.confidence, retrieval.signals)
 
 
+def test_asking_for_fewer_sections_does_not_change_the_covered_decision(chat):
+    for question in ("why pre ln > post ln", "What does AMSGrad fix in Adam?", "lgbm on a tiny dataset, good idea?"):
+        plan = chat.plan(question)
+        full, one = chat.retrieve(plan), chat.retrieve(plan, k=1)
+        assert len(one.passages) == 1 and one.passages[0].section == full.passages[0].section
+        assert (one.covered, one.confidence, one.signals) == (full.covered, full.confidence, full.signals), question
+
+
 BPE_POST = """<h2>How does byte-pair encoding build its vocabulary?</h2><p>BPE starts from single characters and
 counts every adjacent pair of symbols in the training text. The most frequent pair is merged into a new symbol, the
 counts are updated, and the step repeats until the vocabulary reaches the size chosen in advance. Frequent words
