@@ -192,8 +192,8 @@ class Chat:
         follow-up is searched alone and joined to the previous question; it is taken as joined only if it
         names nothing the posts never mention ("how do I bake sourdough?" after an optimizer question stays
         alone), it has a pronoun or joined its best section has one of its words ("tell me a joke" stays
-        alone), and joined it is likelier covered than alone, so a complete question is not mixed with an
-        unrelated previous one. An explicit follow-up is covered if it is covered joined or, failing that,
+        alone), and joined it is likelier covered than alone (by `followup_margin`), so a complete question is not
+        mixed with an unrelated previous one. An explicit follow-up is covered if it is covered joined or, failing that,
         alone. Which earlier question counts as "previous" is rag.conversation's decision."""
         k, fusion = k or plan.k, fusion or plan.fusion
         if not plan.previous:
@@ -211,9 +211,11 @@ class Chat:
         # joined, "tell me a joke" or "group norm vs instance norm?" find the previous question's section; a
         # follow-up shares at least one word with the section it is about ("is that expensive?") or points back
         # with a pronoun ("what are its weaknesses?" after DBSCAN, whose section never says "weakness"). A vague
-        # follow-up can also look covered alone, in some other section: the likelier of the two decides.
+        # follow-up can also look covered alone, in some other section: the likelier of the two decides, and
+        # a tie goes to the question as asked ("why is my random forest overfitting?" after a bagging question
+        # was joined at 0.94 vs 0.94 and answered about bagging).
         if (PRONOUNS.search(plan.question) or stems(plan.question) & _section_stems(joined)) \
-                and joined.confidence > alone.confidence:
+                and joined.confidence > alone.confidence + self.settings.followup_margin:
             return joined
         return alone
 

@@ -56,6 +56,7 @@ class Settings:
     dense_weight: float = 0.6
     rrf_k: int = 60
     followup_weight: float = 0.3  # a follow-up's own words vs the follow-up joined to the previous question
+    followup_margin: float = 0.02  # a possible follow-up is joined when that is this much likelier covered
     heading_weight: float = 0.3  # bonus for a section whose heading matches the question
     coverage_model: Path | None = PROJECT_DIR / "rag" / "coverage_model.json"  # `rag calibrate` writes it
     refusal_threshold: float = 0.49  # without a coverage model: the best dense or heading cosine must reach it

@@ -118,6 +118,10 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
         # short or with a pronoun, but covered alone or about something the posts never mention: not joined
         assert not after.joined, question
         assert [p.section for p in after.passages] == [p.section for p in alone.passages]
+    # seen in the browser: a complete question after one about the same post was joined to it (0.94 vs 0.94)
+    bagging = [["what's the difference between bagging and boosting", "Each model sees a bootstrap sample."]]
+    overfit = chat.retrieve(chat.plan("why is my random forest overfitting", bagging))
+    assert not overfit.joined and "bagging" not in overfit.passages[0].section.lower(), overfit.passages[0].section
     bread = chat.ask("how do I bake sourdough", history)
     assert bread.refused and bread.suggestions == []  # not the optimizer sections of the turn before
     # seen in the browser: a long casual question with "that" was joined to an OOB question and answered about OOB
