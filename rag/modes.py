@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
-from .text import CITATION, answer_sentences, cited_sentences, stems, unquoted
+from .text import CITATION, answer_sentences, cited_sentences, list_labels, stems, unquoted
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
@@ -36,6 +36,20 @@ def ranked_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passag
         return []
     sims = chat.retriever.sentence_vectors([s for _, s in candidates]) @ retrieval.query_vector[0]
     return sorted(((n, s, float(x)) for (n, s), x in zip(candidates, sims)), key=lambda t: (t[0] > 0, -t[2]))
+
+
+def labelled(context: list["Passage"], picked: list[tuple[int, str]]) -> list[str]:
+    """The picked sentences as the answer shows them: the first of a run of items of one list gets the list's
+    bold label ("Boosting: Each new model focuses on previous errors. Goal: reduce bias."), so quoted items
+    still say what they are about."""
+    out, last = [], None
+    for n, s in picked:
+        label = list_labels(context[n].context).get(s)
+        if label and (n, label) != last and label.lower() not in s.lower():
+            s = f"{label} — {s}" if s.split(" ", 1)[0].endswith(":") else f"{label}: {s}"
+        out.append(s)
+        last = (n, label) if label else None
+    return out
 
 
 def is_formula(s: str) -> bool:
@@ -121,7 +135,8 @@ class Extractive:
     most: int = 5
 
     def write(self, chat: "Chat", plan: "Plan", retrieval: "Retrieval", context: list["Passage"]) -> Iterator[str]:
-        for j, (n, s) in enumerate(pick_sentences(chat, retrieval, context, self.most)):
+        picked = pick_sentences(chat, retrieval, context, self.most)
+        for j, ((n, _), s) in enumerate(zip(picked, labelled(context, picked))):
             yield ("" if j == 0 else " ") + f"{as_sentence(s)} [{n + 1}]"
 
 

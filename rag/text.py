@@ -35,6 +35,7 @@ _STOP_AFTER_MARKS = re.compile(r"([.!?])((?:\s*\[\d+\])+)\s*\.")  # "impact. [1]
 _FORMULA_MARKS = re.compile(r"(\$\$(?:\s*\[\d+\])+)[ \t]+")  # "$$...$$ [1] Next": the formula ends there
 LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
 PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
+LABEL_WORDS = 6
 
 _stemmer = snowballstemmer.stemmer("english")
 
@@ -108,6 +109,34 @@ def answer_sentences(text: str) -> list[str]:
                 and tokens[-1].lower() not in STOPWORDS):
             out.append(s)
     return out
+
+
+@lru_cache(maxsize=1024)
+def list_labels(text: str) -> dict[str, str]:
+    """Sentence -> the label of the list it is an item of: quoted alone, "Works only when sparse features are
+    informative and clean" loses that it is about AdaBoost. A label is a short line that is no sentence, bold
+    or not ("**Boosting**", "AdaBoost"); one ending in a colon ("Net effect:") labels a list within the one
+    before it ("AdaBoost — Net effect"). A paragraph ends both; a question or a line longer than LABEL_WORDS
+    words is no label."""
+    labels: dict[str, str] = {}
+    title = sub = None
+    for line in text.splitlines():
+        bare = line.replace("*", "").strip()
+        if not bare:
+            continue
+        if LIST_MARKER.match(line):
+            label = " — ".join(x for x in (title, sub) if x)
+            for sentence in sentences(line):
+                if label:
+                    labels.setdefault(sentence, label)
+        elif len(bare.split()) <= LABEL_WORDS and not bare.endswith((".", "!", "?", "$$")):
+            if bare.endswith(":"):
+                sub = bare.rstrip(":").strip()
+            else:
+                title, sub = bare, None
+        else:
+            title = sub = None
+    return labels
 
 
 def unquoted(s: str) -> str:

@@ -10,7 +10,8 @@ from rag.answer import NOT_COVERED, Chat
 from rag.conversation import QuestionError
 from rag.grounding import supported
 from rag.text import answer_sentences
-from rag.text import cited_sentences, sentences
+from rag.text import cited_sentences, list_labels, sentences
+from rag.eval.evaluate import written_share
 from rag.indexer import update_index
 
 from .conftest import run_rag, write_feed
@@ -63,6 +64,27 @@ def test_two_sections_the_search_cannot_tell_apart_share_the_answer(chat):
     assert set(cited(gap + 0.01)) == {1, 2}  # three sentences of the first section, two of the runner-up
     assert cited(gap + 0.01).count(2) == 2
     assert set(cited(gap - 0.01)) == {1}  # a clear winner answers alone
+
+
+def test_list_items_keep_the_label_of_their_list():
+    text = ("**Bagging (Bootstrap Aggregating)**\n\n- Each model sees a **bootstrap sample**\n\n**Boosting**\n\n"
+            "- Each new model focuses on **previous errors**\n\nAdaBoost\n\n• Can struggle with extreme sparsity\n\n"
+            "Net effect:\n• Works only when sparse features are informative and clean\n\n"
+            "A paragraph ends the list, so what follows has no label.\n- An item after a paragraph stays as it is\n\n"
+            "**Why is this a question?**\n- An item under a question is not labelled by it")
+    assert list_labels(text) == {
+        "Each model sees a **bootstrap sample**": "Bagging (Bootstrap Aggregating)",
+        "Each new model focuses on **previous errors**": "Boosting",
+        "Can struggle with extreme sparsity": "AdaBoost",
+        "Works only when sparse features are informative and clean": "AdaBoost — Net effect"}
+
+
+def test_a_quoted_list_item_says_what_it_is_about(chat):
+    a = chat.ask("what's the difference between bagging and boosting")
+    assert not a.refused
+    # the items of the two lists, each run led by its list's label, and still counted as quotes of the passage
+    assert "Bagging (Bootstrap Aggregating): " in a.answer and "Boosting: " in a.answer, a.answer
+    assert a.answer.count("Boosting: ") == 1 and written_share(a) == 0.0, a.answer
 
 
 def test_answer_sentences_skip_questions_lead_ins_and_broken_bold():

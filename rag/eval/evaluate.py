@@ -320,7 +320,16 @@ def written_share(answer) -> float | None:
     if not parts:
         return None
     texts = [normalize(p.text) for p in answer.passages]
-    return sum(not any(normalize(s).rstrip(".") in t for t in texts) for s in parts) / len(parts)
+    return sum(not any(copied(normalize(s).rstrip("."), t) for t in texts) for s in parts) / len(parts)
+
+
+def copied(sentence: str, text: str) -> bool:
+    """Verbatim in the text, or a list item of it behind its list's label, also from the text ("adaboost —
+    net effect: works only when ...", rag.modes.labelled)."""
+    if sentence in text:
+        return True
+    label, _, rest = sentence.partition(": ")
+    return bool(rest) and rest in text and all(part.strip() in text for part in label.split(" — "))
 
 
 def _base(q: dict) -> dict:
