@@ -12,7 +12,7 @@ from .feed import Post
 
 # Bump when the code makes different chunks from the same feed and settings (text, context, sections):
 # the manifest records it, so an index built by older code is refused with a rebuild hint, not served stale.
-CHUNKER_VERSION = 3  # 3: a post without a web link gives its chunks no link either (not "#§anchor")
+CHUNKER_VERSION = 4  # 4: a short piece joins only its own section or subsections, never another question's
 SEPARATORS = ["\n\n", "\n", ". ", "; ", ", ", " ", ""]
 
 
@@ -73,6 +73,12 @@ def sections(markdown: str) -> list[tuple[list[str], str]]:
         else:
             out.append((path, body))
     return out
+
+
+def _related(a: list[str], b: list[str]) -> bool:
+    """One heading path is the other or lies inside it: a section and its own subsections."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 def _raw_tokenizer(tokenizer):
@@ -147,13 +153,13 @@ class Chunker:
         out: list = []
         for piece in pieces:
             no, path, text = piece
-            if out and self.count(text) < self.min_tokens:
+            if out and self.count(text) < self.min_tokens and _related(path, out[-1][1]):
                 pno, ppath, ptext = out[-1]
                 merged = f"{ptext}\n\n{self._label(path, ppath)}{text}"
                 if self.count(self._prefix(title, ppath) + merged) <= self.max_tokens:
                     out[-1] = (pno, ppath, merged)
                     continue
-            if out and self.count(out[-1][2]) < self.min_tokens:
+            if out and self.count(out[-1][2]) < self.min_tokens and _related(path, out[-1][1]):
                 pno, ppath, ptext = out[-1]
                 merged = f"{self._label(ppath, path)}{ptext}\n\n{text}"
                 if self.count(self._prefix(title, path) + merged) <= self.max_tokens:

@@ -46,10 +46,13 @@ def test_every_chunk_has_title_section_and_link(chunks):
 def test_long_sections_split_short_ones_merged(chunker):
     from rag.feed import Post
     body = "## Long\n\n" + "\n\n".join(f"Sentence number {i} about gradient descent and momentum." for i in range(200))
-    body += "\n\n## Tiny\n\nOk."
-    cs = chunker.chunk(Post("g", "T", "https://x/p", "", "", body))
+    cs = chunker.chunk(Post("g", "T", "https://x/p", "", "", body + "\n\n### Tiny part\n\nOk."))
     assert len(cs) > 5 and all(chunker.count(c.embed_text) <= 256 for c in cs)
-    assert cs[-1].text.endswith("Tiny\n\nOk.")  # the orphan joined its neighbour with its heading
+    assert cs[-1].text.endswith("Tiny part\n\nOk.")  # the orphan joined its own section with its heading
+    assert cs[-1].section == "Long"
+    # another question's short section stays apart: merged, its text would be quoted in answers to this one
+    cs = chunker.chunk(Post("g", "T", "https://x/p", "", "", body + "\n\n## Tiny\n\nOk."))
+    assert cs[-1].text == "Ok." and cs[-1].section == "Tiny" and "Ok." not in cs[-2].text
 
 
 def test_anchor_matches_substack_style():

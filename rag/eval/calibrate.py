@@ -24,6 +24,10 @@ from .evaluate import Evaluator, load_questions
 from .report import _plt
 
 THRESHOLDS = np.round(np.arange(0.02, 0.981, 0.01), 2)
+# A refused covered question costs twice an answered uncovered one: the targets (issue 12) allow 10% of
+# uncovered questions answered and 5% of covered ones refused. Balanced accuracy (cost 1) has a flat optimum
+# whose threshold jumped between 0.35 and 0.52 with small changes to the index (docs/eval.md).
+FALSE_REFUSAL_COST = 2.0
 COSINES = np.round(np.arange(0.20, 0.701, 0.01), 2)
 SEED = 20261204
 REPEATS = 5
@@ -84,9 +88,11 @@ def rates(score: np.ndarray, answerable: np.ndarray, threshold: float) -> dict:
 
 
 def best_threshold(score: np.ndarray, answerable: np.ndarray, grid) -> dict:
-    """The best balanced accuracy; among ties the lowest threshold (it refuses least)."""
-    return max((rates(score, answerable, t) for t in grid), key=lambda r: (round(r["balanced_accuracy"], 6),
-                                                                           -r["threshold"]))
+    """The threshold with the best refusal of uncovered questions minus FALSE_REFUSAL_COST times the false
+    refusal of covered ones; among ties the lowest (it refuses least)."""
+    return max((rates(score, answerable, t) for t in grid),
+               key=lambda r: (round((r["refusal"] or 0.0) - FALSE_REFUSAL_COST * (r["false_refusal"] or 0.0), 6),
+                              -r["threshold"]))
 
 
 def cross_validated(x: np.ndarray, y: np.ndarray, x2: np.ndarray, folds: int = 5,
