@@ -68,7 +68,12 @@ def test_threads_embedding_at_once_get_their_own_results(models, texts):
         t.join()
     for i in range(4):
         part = expected[i::4]
-        assert np.allclose(results[i], np.concatenate([part, part]), atol=1e-5)
+        # the same vectors up to the last digits (on some CPUs concurrent requests split the work differently:
+        # differences of 5e-4 were seen on an AMD EPYC, none on an Intel Xeon) ...
+        assert (results[i] * np.concatenate([part, part])).sum(axis=1).min() > 0.9999
+        # ... and each one nearest to its own text's vector: no thread got another thread's results
+        nearest = np.argmax(results[i] @ expected.T, axis=1)
+        assert [texts[j] for j in nearest] == texts[i::4] * 2
 
 
 CONVERT = """

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -253,13 +254,21 @@ def test_concurrent_requests_both_finish_with_the_sequential_answer(gen):
 
 # -- prompt-head cache ---------------------------------------------------------------------------
 
-def test_a_reused_prompt_head_gives_the_same_answer_and_is_computed_once(gen):
+def test_a_reused_prompt_head_is_computed_once_and_gives_the_same_scores(gen):
     head = [SYSTEM, {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello."}]
     msgs = head + [{"role": "user", "content": f"Passage: {OOB}\n\nWhat share of samples is out of bag?"}]
-    plain = "".join(gen.generate(msgs, 25))
     before = len(gen._prefixes)
     cached = "".join(gen.generate(msgs, 25, prefix=len(head)))
     again = "".join(gen.generate(msgs, 25, prefix=len(head)))
-    assert plain == cached == again and plain.strip()
+    assert cached == again and cached.strip()
     assert len(gen._prefixes) == before + 1  # one head, computed once, reused
+    # the cached head gives the next-token scores of the whole prompt computed at once, up to bf16 rounding.
+    # Not the same text: where the best tokens tie in bf16 (here "6", "1" and "Out" all at 16.875 on an AMD
+    # EPYC) rounding decides which one greedy decoding takes; a wrong cache would be far off (differences >> 1).
+    ids = gen.prompt_ids(msgs)
+    with torch.inference_mode():
+        whole = gen.model(ids).logits[0, -1].float()
+        cache = gen.prefix_cache(head, ids)
+        rest = gen.model(ids[:, cache.get_seq_length():], cache=cache, use_cache=True).logits[0, -1].float()
+    assert (whole - rest).abs().max() < 0.5 and rest.max() - rest[whole.argmax()] < 0.5
     assert gen.prefix_cache(msgs[:1] + [{"role": "user", "content": "other"}], gen.prompt_ids(msgs)) is None
