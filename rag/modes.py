@@ -40,8 +40,8 @@ def ranked_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passag
 
 def labelled(context: list["Passage"], picked: list[tuple[int, str]]) -> list[str]:
     """The picked sentences as the answer shows them: the first of a run of items of one list gets the list's
-    bold label ("Boosting: Each new model focuses on previous errors. Goal: reduce bias."), so quoted items
-    still say what they are about."""
+    label (text.list_labels: "Boosting: Each new model focuses on previous errors. Goal: reduce bias."), so
+    quoted items still say what they are about."""
     out, last = [], None
     for n, s in picked:
         label = list_labels(context[n].context).get(s)
@@ -89,7 +89,7 @@ def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"
     best_n, _, best = prose[0]
     reading = [s for p in context for s in answer_sentences(p.context)]
     order = {s: i for i, s in enumerate(reading)}
-    runner = close_runner_up(retrieval, context, best_n, chat.settings.close_sections)
+    runner = close_runner_up(context, best_n, chat.settings.close_sections)
     share = most // 2 if runner is not None else 0
     picked = section_sentences(ranked, best_n, most - share, reading, order)
     if runner is not None:
@@ -110,7 +110,7 @@ def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict
     return sorted(picked, key=lambda t: order[t[1]])
 
 
-def close_runner_up(retrieval: "Retrieval", context: list["Passage"], best_n: int, margin: float) -> int | None:
+def close_runner_up(context: list["Passage"], best_n: int, margin: float) -> int | None:
     """The passage index of the best other section when its score is within `margin` of the best one's."""
     if best_n != 0 or len(context) < 2:
         return None

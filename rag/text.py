@@ -126,8 +126,8 @@ def list_labels(text: str) -> dict[str, str]:
             continue
         if LIST_MARKER.match(line):
             label = " — ".join(x for x in (title, sub) if x)
-            for sentence in sentences(line):
-                if label:
+            if label:
+                for sentence in sentences(line):
                     labels.setdefault(sentence, label)
         elif len(bare.split()) <= LABEL_WORDS and not bare.endswith((".", "!", "?", "$$")):
             if bare.endswith(":"):
