@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 from .conversation import PRONOUNS, check_history, check_k, check_question, follow_up, polite_reply, social
+from .coverage import DECISION_SECTIONS
 from .errors import RagError
 from .grounding import best_support, supported
 from .modes import Pending, get_mode, trimmed
@@ -177,11 +178,14 @@ class Chat:
         question as asked. `rag calibrate` also calls this, to fit the threshold the two looks share."""
         sketch = self._sketch(retrieval.query)
         k, fusion = k or plan.k, fusion or plan.fusion
-        again = self.retriever.search(f"{retrieval.query} {sketch}", k, post=plan.post, fusion=fusion)
+        # decided on as many sections as the first look was, whatever k asks for (DECISION_SECTIONS)
+        again = self.retriever.search(f"{retrieval.query} {sketch}", max(k, DECISION_SECTIONS), post=plan.post,
+                                      fusion=fusion)
         covered, confidence, signals = self.retriever.decide(self.retriever.index, retrieval.query,
                                                              retrieval.query_vector, again.passages)
         return replace(again, query=retrieval.query, query_vector=retrieval.query_vector, covered=covered,
-                       confidence=confidence, signals=signals, joined=retrieval.joined, sketch=sketch)
+                       confidence=confidence, signals=signals, joined=retrieval.joined, sketch=sketch,
+                       passages=again.passages[:k])
 
     def _write_sketch(self, query: str) -> str:
         messages = [{"role": "system", "content": SKETCH_PROMPT}, {"role": "user", "content": query}]

@@ -219,6 +219,8 @@ def test_an_unsure_refusal_gets_a_second_look_with_the_model(chat, tmp_path):
     looked = looking.retrieve(plan)
     assert looked.covered and looked.sketch and looked.query == plan.question
     assert "Training vs Serving" in looked.passages[0].section
+    one = looking.retrieve(plan, k=1)  # fewer sections asked for: the same decision on both looks
+    assert len(one.passages) == 1 and (one.covered, one.confidence) == (looked.covered, looked.confidence)
     *_, final = looking.stream_plan(plan, looked)
     assert not final.refused and final.citations[0].post_title == looked.passages[0].post_title
 
