@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
-from .text import CITATION, answer_sentences, cited_sentences, list_labels, stems, unquoted
+from .text import CITATION, LEANS_BACK, answer_sentences, cited_sentences, list_items, list_labels, stems, unquoted
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
@@ -89,22 +89,38 @@ def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"
     best_n, _, best = prose[0]
     reading = [s for p in context for s in answer_sentences(p.context)]
     order = {s: i for i, s in enumerate(reading)}
+    items = {s for p in context for s in list_items(p.context)}
     runner = close_runner_up(context, best_n, chat.settings.close_sections)
     share = most // 2 if runner is not None else 0
-    picked = section_sentences(ranked, best_n, most - share, reading, order)
+    picked = section_sentences(ranked, best_n, most - share, reading, order, items)
     if runner is not None:
-        return picked + section_sentences(ranked, runner, share, reading, order)
+        return picked + section_sentences(ranked, runner, share, reading, order, items)
     if not retrieval.joined:
         picked += second_hop(retrieval.query, ranked, picked, context, best - chat.settings.second_hop_margin)
     return picked
 
 
-def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict[str, int]) -> list[tuple[int, str]]:
-    """The `most` sentences of passage n most similar to the question, in reading order; a formula joins only
-    after the picked sentence that leads into it: alone it would open the answer or float between unrelated
-    sentences ("why pre ln > post ln" began with the Post-LN formula)."""
+def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict[str, int],
+                      items: set[str] = frozenset()) -> list[tuple[int, str]]:
+    """The `most` sentences of passage n most similar to the question, in reading order. A sentence that leans
+    on the one before it (text.LEANS_BACK: "This makes Adam fast ...") brings that sentence along, one over
+    `most` at the end if need be, unless that one is a formula or a list item (`items`: "That's why ..." after
+    a list leans on the whole list, not on its last item). A formula joins only after the picked sentence that
+    leads into it: alone it would open the answer or float between unrelated sentences ("why pre ln > post ln"
+    began with the Post-LN formula)."""
     close = [(m, s) for m, s, _ in ranked if m == n]
-    picked = [t for t in close if not is_formula(t[1])][:most]
+    own = {s for _, s in close}
+    prose = [t for t in close if not is_formula(t[1])]
+    picked: list[tuple[int, str]] = []
+    for t in prose:
+        if len(picked) >= most:
+            break
+        before = reading[order[t[1]] - 1] if order[t[1]] > 0 else None
+        if (LEANS_BACK.match(t[1]) and before in own and (n, before) not in picked and not is_formula(before)
+                and before not in items):
+            picked.append((n, before))
+        if t not in picked:
+            picked.append(t)
     chosen = {s for _, s in picked}
     picked += [t for t in close if is_formula(t[1]) and order[t[1]] > 0 and reading[order[t[1]] - 1] in chosen][:1]
     return sorted(picked, key=lambda t: order[t[1]])

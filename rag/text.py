@@ -36,6 +36,10 @@ _FORMULA_MARKS = re.compile(r"(\$\$(?:\s*\[\d+\])+)[ \t]+")  # "$$...$$ [1] Next
 LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
 PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
 LABEL_WORDS = 6
+# a sentence opening with one of these leans on the sentence before it ("This makes Adam fast and robust"):
+# quoted without that sentence it reads as a non sequitur
+LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so|thus|therefore|hence|however|"
+                        r"but|instead(?! of)|now|in contrast|as a result|similarly|in other words)\b", re.I)
 
 _stemmer = snowballstemmer.stemmer("english")
 
@@ -116,8 +120,8 @@ def list_labels(text: str) -> dict[str, str]:
     """Sentence -> the label of the list it is an item of: quoted alone, "Works only when sparse features are
     informative and clean" loses that it is about AdaBoost. A label is a short line that is no sentence, bold
     or not ("**Boosting**", "AdaBoost"); one ending in a colon ("Net effect:") labels a list within the one
-    before it ("AdaBoost — Net effect"). A paragraph ends both; a question or a line longer than LABEL_WORDS
-    words is no label."""
+    before it ("AdaBoost — Net effect"). A paragraph ends both; a question, a line longer than LABEL_WORDS
+    words or one ending in a comma ("So,", which leads into the list) is no label."""
     labels: dict[str, str] = {}
     title = sub = None
     for line in text.splitlines():
@@ -129,7 +133,7 @@ def list_labels(text: str) -> dict[str, str]:
             if label:
                 for sentence in sentences(line):
                     labels.setdefault(sentence, label)
-        elif len(bare.split()) <= LABEL_WORDS and not bare.endswith((".", "!", "?", "$$")):
+        elif len(bare.split()) <= LABEL_WORDS and not bare.endswith((".", "!", "?", "$$", ",", ";")):
             if bare.endswith(":"):
                 sub = bare.rstrip(":").strip()
             else:
@@ -137,6 +141,11 @@ def list_labels(text: str) -> dict[str, str]:
         else:
             title = sub = None
     return labels
+
+
+def list_items(text: str) -> set[str]:
+    """The sentences of `text` that are items of a list ("- Is stable for sequence modeling")."""
+    return {s for line in text.splitlines() if LIST_MARKER.match(line) for s in sentences(line)}
 
 
 def unquoted(s: str) -> str:

@@ -10,6 +10,7 @@ from rag.answer import NOT_COVERED, Chat
 from rag.conversation import QuestionError
 from rag.grounding import supported
 from rag.text import answer_sentences
+from rag.modes import section_sentences
 from rag.text import cited_sentences, list_labels, sentences
 from rag.eval.evaluate import written_share
 from rag.indexer import update_index
@@ -71,12 +72,29 @@ def test_list_items_keep_the_label_of_their_list():
             "- Each new model focuses on **previous errors**\n\nAdaBoost\n\n• Can struggle with extreme sparsity\n\n"
             "Net effect:\n• Works only when sparse features are informative and clean\n\n"
             "A paragraph ends the list, so what follows has no label.\n- An item after a paragraph stays as it is\n\n"
-            "**Why is this a question?**\n- An item under a question is not labelled by it")
+            "**Why is this a question?**\n- An item under a question is not labelled by it\n\n"
+            "So,\n- An item after a lead-in ending in a comma has no label")
     assert list_labels(text) == {
         "Each model sees a **bootstrap sample**": "Bagging (Bootstrap Aggregating)",
         "Each new model focuses on **previous errors**": "Boosting",
         "Can struggle with extreme sparsity": "AdaBoost",
         "Works only when sparse features are informative and clean": "AdaBoost — Net effect"}
+
+
+def test_a_sentence_that_leans_on_the_one_before_brings_it_along():
+    reading = ["Adam keeps running averages of the gradient and its square.", "This makes Adam fast and robust.",
+               "RMSProp uses a decaying average instead:", "$$G_t = \\beta G_{t-1} + (1 - \\beta) g_t^2$$",
+               "This lets old gradients decay."]
+    order = {s: i for i, s in enumerate(reading)}
+    by_similarity = [1, 4, 0, 2, 3]  # the question is most like "This makes Adam fast ..."
+    ranked = [(0, reading[i], 1.0 - j / 10) for j, i in enumerate(by_similarity)]
+    # "This makes ..." alone would not say what "this" is: the sentence before it comes along (one over `most`)
+    assert section_sentences(ranked, 0, 1, reading, order) == [(0, reading[0]), (0, reading[1])]
+    # one after a formula cannot bring the formula without its lead-in: it is quoted as it is
+    assert section_sentences(ranked[1:], 0, 1, reading, order) == [(0, reading[4])]
+    assert section_sentences(ranked, 0, 3, reading, order) == [(0, reading[i]) for i in (0, 1, 4)]
+    # "That's why ..." after a list leans on the whole list, not on its last item
+    assert section_sentences(ranked, 0, 1, reading, order, items={reading[0]}) == [(0, reading[1])]
 
 
 def test_a_quoted_list_item_says_what_it_is_about(chat):
