@@ -57,8 +57,13 @@ def is_formula(s: str) -> bool:
 
 
 def as_sentence(s: str) -> str:
-    """A list item copied into running text ends with a full stop, so the answer still splits into sentences."""
+    """A list item copied into running text starts with a capital ("use Adam early ..." -> "Use Adam early
+    ...") unless its first word is written so on purpose ("kNN", "p99"), and ends with a full stop, so the
+    answer still reads and splits as sentences."""
     s = s.rstrip()
+    first = s.split(" ", 1)[0]
+    if first[:1].islower() and not any(c.isupper() or c.isdigit() for c in first[1:]):
+        s = s[0].upper() + s[1:]
     return s if unquoted(s).endswith((".", "!", "?", "$$")) else s + "."
 
 

@@ -10,7 +10,7 @@ from rag.answer import NOT_COVERED, Chat
 from rag.conversation import QuestionError
 from rag.grounding import supported
 from rag.text import answer_sentences
-from rag.modes import section_sentences
+from rag.modes import as_sentence, section_sentences
 from rag.text import cited_sentences, list_labels, sentences
 from rag.eval.evaluate import written_share
 from rag.indexer import update_index
@@ -95,6 +95,12 @@ def test_a_sentence_that_leans_on_the_one_before_brings_it_along():
     assert section_sentences(ranked, 0, 3, reading, order) == [(0, reading[i]) for i in (0, 1, 4)]
     # "That's why ..." after a list leans on the whole list, not on its last item
     assert section_sentences(ranked, 0, 1, reading, order, items={reading[0]}) == [(0, reading[1])]
+
+
+def test_a_quoted_list_item_reads_as_a_sentence():
+    assert as_sentence("use Adam early for fast convergence") == "Use Adam early for fast convergence."
+    assert as_sentence("kNN degrades in high dimensions.") == "kNN degrades in high dimensions."  # as written
+    assert as_sentence("**Dramatically reduces variance**") == "**Dramatically reduces variance**."
 
 
 def test_a_quoted_list_item_says_what_it_is_about(chat):
