@@ -87,8 +87,8 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     with three content words or fewer may ("how do I pick k for k-means?" is short but complete), and so may one
     with a pronoun and at most PRONOUN_WORDS of them ("is it expensive?", but not "my model looks great offline
     but acts weird in prod, what's that called": a question that long says what it is about). The chat searches
-    it alone first and joins it to the previous question only if alone it is not covered. "thanks!" or "ok cool"
-    is never a follow-up, and a follow-up refers to the last question that was more than that."""
+    it alone first and joins it to the previous question only if alone it is not covered; one without a content
+    word ("why?", "how so?") can only be one. "thanks!" or "ok cool" is never a follow-up, and a follow-up refers to the last question that was more than that."""
     previous = _subject(history)
     if previous is None:
         return None
@@ -96,6 +96,8 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
         return FollowUp(previous, True)
     if social(question):
         return None
+    if not content_words(question):  # "why?", "how so?", "why not?": nothing to search for alone
+        return FollowUp(previous, True)
     return FollowUp(previous, False) if _may_follow(question) else None
 
 

@@ -153,6 +153,10 @@ def test_followup_uses_the_conversation(chat):
     # a pronoun says what it is about even when the section never uses the question's own word ("weaknesses")
     weak = chat.ask("what are its weaknesses?", [["how does DBSCAN work?", "It grows clusters from dense points."]])
     assert not weak.refused and "DBSCAN" in weak.citations[0].section, weak.answer
+    # seen in the browser: a bare "why?" has nothing to search for alone; it asks about the previous answer
+    why = chat.ask("why?", [["is adam better than sgd for generalization", "Switch to SGD later for better "
+                                                                           "generalization."]])
+    assert not why.refused and "Adam" in why.citations[0].section + why.answer, why.answer
 
 
 def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
