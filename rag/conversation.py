@@ -88,7 +88,8 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     with a pronoun and at most PRONOUN_WORDS of them ("is it expensive?", but not "my model looks great offline
     but acts weird in prod, what's that called": a question that long says what it is about). The chat searches
     it alone first and joins it to the previous question only if alone it is not covered; one without a content
-    word ("why?", "how so?") can only be one. "thanks!" or "ok cool" is never a follow-up, and a follow-up refers to the last question that was more than that."""
+    word ("why?", "how so?") can only be one. "thanks!" or "ok cool" is never a follow-up, and a follow-up
+    refers to the last question that was more than that."""
     previous = _subject(history)
     if previous is None:
         return None
