@@ -14,6 +14,9 @@ from .text import content_words, words
 # (docs/eval.md, "after an unrelated turn").
 FOLLOWUP_START = re.compile(r"^(and|also|what about|how about|what if|same for|and for|and what|and how|and why)\b",
                             re.I)
+# "why?", "how so?", "why not?", "how come?": a question that is only that asks about the answer before it
+# ("who are you?" has no content word either, and is no follow-up)
+BARE_WHY = re.compile(r"^\W*(why|how)(\s+(so|not|exactly|come|then))?\W*$", re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
 # what people type to be polite or to acknowledge an answer: not a question about the previous turn (joined to
 # it, "thanks!" found the closing "Thanks for reading" section of the post just discussed)
@@ -87,18 +90,16 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     with three content words or fewer may ("how do I pick k for k-means?" is short but complete), and so may one
     with a pronoun and at most PRONOUN_WORDS of them ("is it expensive?", but not "my model looks great offline
     but acts weird in prod, what's that called": a question that long says what it is about). The chat searches
-    it alone first and joins it to the previous question only if alone it is not covered; one without a content
-    word ("why?", "how so?") can only be one. "thanks!" or "ok cool" is never a follow-up, and a follow-up
+    it alone first and joins it to the previous question only if alone it is not covered; a bare "why?" or
+    "how so?" (BARE_WHY) can only be one. "thanks!" or "ok cool" is never a follow-up, and a follow-up
     refers to the last question that was more than that."""
     previous = _subject(history)
     if previous is None:
         return None
-    if FOLLOWUP_START.match(question.strip()):
+    if FOLLOWUP_START.match(question.strip()) or BARE_WHY.match(question):
         return FollowUp(previous, True)
     if social(question):
         return None
-    if not content_words(question):  # "why?", "how so?", "why not?": nothing to search for alone
-        return FollowUp(previous, True)
     return FollowUp(previous, False) if _may_follow(question) else None
 
 

@@ -72,8 +72,9 @@ def test_follow_up_decision():
     assert explicit and explicit.explicit and explicit.previous == history[0][0]
     maybe = follow_up("is it expensive?", history)  # a pronoun: searched alone first, joined if not covered
     assert maybe and not maybe.explicit
-    for bare in ("why?", "how so?", "why not?"):  # no word to search for alone: it can only be a follow-up
+    for bare in ("why?", "how so?", "why not?", "how come?"):  # nothing to search for alone: only a follow-up
         assert follow_up(bare, history).explicit, bare
+    assert not follow_up("who are you?", history).explicit  # no content word either, but no follow-up
     assert follow_up("How does a random forest estimate out-of-bag error for each training sample?", history) is None
     # a pronoun in a question that says what it is about does not make it a follow-up
     assert follow_up("my model looks great offline but acts weird in prod, what's that called", history) is None

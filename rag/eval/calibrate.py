@@ -28,10 +28,6 @@ THRESHOLDS = np.round(np.arange(0.02, 0.981, 0.01), 2)
 # uncovered questions answered and 5% of covered ones refused. Balanced accuracy (cost 1) has a flat optimum
 # whose threshold jumped between 0.35 and 0.52 with small changes to the index (docs/eval.md).
 FALSE_REFUSAL_COST = 2.0
-# Inverse L2 strength of the logistic regression. Cross-validated on dev (docs/eval.md): C <= 0.1 gives AUC
-# 0.952 and refuses 1-2 points more uncovered questions at every false-refusal rate from 0.06 to 0.10 than
-# sklearn's default C = 1 (AUC 0.949): with ~80 uncovered questions, eight signals overfit a little.
-REGULARIZATION = 0.1
 COSINES = np.round(np.arange(0.20, 0.701, 0.01), 2)
 SEED = 20261204
 REPEATS = 5
@@ -122,7 +118,7 @@ def fit(x: np.ndarray, y: np.ndarray):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", C=REGULARIZATION)).fit(x, y)
+    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", C=1.0)).fit(x, y)
 
 
 def to_model(pipeline, threshold: float, questions: str) -> CoverageModel:
