@@ -96,7 +96,7 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     previous = _subject(history)
     if previous is None:
         return None
-    if FOLLOWUP_START.match(question.strip()) or BARE_WHY.match(question):
+    if _asks_on(question):
         return FollowUp(previous, True)
     if social(question):
         return None
@@ -116,11 +116,15 @@ def _subject(history: list[tuple[str, str]]) -> str | None:
     return asked[-1]
 
 
+def _asks_on(question: str) -> bool:
+    """Can only be a follow-up: it opens like one ("and for DBSCAN?") or is a bare "why?"."""
+    return bool(FOLLOWUP_START.match(question.strip()) or BARE_WHY.match(question))
+
+
 def _points_back(question: str) -> bool:
-    """Refers to an earlier turn in so many words: a follow-up opening, or a pronoun in a short question (a
+    """Refers to an earlier turn in so many words: it asks on (_asks_on), or has a pronoun in a short question (a
     short question alone may be complete: "how do I pick k for k-means?")."""
-    return bool(FOLLOWUP_START.match(question.strip())) or (
-        len(content_words(question)) <= PRONOUN_WORDS and bool(PRONOUNS.search(question)))
+    return _asks_on(question) or (len(content_words(question)) <= PRONOUN_WORDS and bool(PRONOUNS.search(question)))
 
 
 def _may_follow(question: str) -> bool:

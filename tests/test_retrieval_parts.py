@@ -75,6 +75,9 @@ def test_follow_up_decision():
     for bare in ("why?", "how so?", "why not?", "how come?"):  # nothing to search for alone: only a follow-up
         assert follow_up(bare, history).explicit, bare
     assert not follow_up("who are you?", history).explicit  # no content word either, but no follow-up
+    # and a bare "why?" carries its subject along: the next follow-up is still about the question before it
+    chained = follow_up("and for DBSCAN?", history + [("why?", "...")])
+    assert chained.previous == f"why? {history[0][0]}"
     assert follow_up("How does a random forest estimate out-of-bag error for each training sample?", history) is None
     # a pronoun in a question that says what it is about does not make it a follow-up
     assert follow_up("my model looks great offline but acts weird in prod, what's that called", history) is None
