@@ -84,8 +84,18 @@ def sentences(text: str) -> list[str]:
     return [s for s, _ in cited_sentences(text)]
 
 
+# a hyphenated term with a one-letter part ("k-means", "t-sne", "n-gram") is one word, written joined up: split,
+# "k-means" would be the everyday "means" ("this means ...") and tie k-means questions to unrelated sections
+_ONE_LETTER_COMPOUND = re.compile(r"\b[a-z]+(?:-[a-z]+)+\b")
+
+
+def _joined(match: re.Match) -> str:
+    term = match.group(0)
+    return term.replace("-", "") if min(map(len, term.split("-"))) == 1 else term
+
+
 def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
+    return re.findall(r"[a-z0-9]+", _ONE_LETTER_COMPOUND.sub(_joined, text.lower()))
 
 
 def content_words(text: str) -> set[str]:

@@ -172,6 +172,11 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
     bagging = [["what's the difference between bagging and boosting", "Each model sees a bootstrap sample."]]
     overfit = chat.retrieve(chat.plan("why is my random forest overfitting", bagging))
     assert not overfit.joined and "bagging" not in overfit.passages[0].section.lower(), overfit.passages[0].section
+    # seen in the browser: the brief's k-means example after a positional-encoding question was joined to it,
+    # because "k-means" counted as the word "means" and that section says "This means ..."
+    encodings = [["why do transformers need positional encodings", "Transformers have no inherent notion of order."]]
+    pick_k = chat.retrieve(chat.plan("how do I pick k for k-means?", encodings))
+    assert not pick_k.joined and all("position" not in p.section.lower() for p in pick_k.passages)
     bread = chat.ask("how do I bake sourdough", history)
     assert bread.refused and bread.suggestions == []  # not the optimizer sections of the turn before
     # seen in the browser: a long casual question with "that" was joined to an OOB question and answered about OOB

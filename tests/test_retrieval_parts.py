@@ -14,6 +14,7 @@ from rag.coverage import CoverageModel, Vocabulary, features
 from rag.errors import RagError
 from rag.fusion import FUSIONS, get_fusion, minmax, ranks
 from rag.retrieve import Passage, _section_text, join_overlapping, spell_out
+from rag.text import stems, words
 
 SETTINGS = SimpleNamespace(dense_weight=0.6, rrf_k=60)
 
@@ -113,6 +114,14 @@ def test_history_and_k_validation():
 
 VOCAB = Vocabulary(["K-means assigns points to the nearest centroid. Xavier initialization keeps the variance "
                     "of activations stable.", "Xavier initialization suits tanh. Adam adapts the learning rate."])
+
+
+def test_a_hyphenated_term_with_a_one_letter_part_is_one_word():
+    # "k-means" is not the everyday "means" ("this means ..."), however the user writes it
+    assert stems("how do I pick k for k-means?") == stems("pick k for kmeans") == {"pick", "kmean"}
+    assert words("K-Means++ vs t-SNE") == ["kmeans", "vs", "tsne"]
+    # longer parts stay words of their own, so "cross entropy" still meets "cross-entropy"
+    assert words("cross-entropy and out-of-bag") == ["cross", "entropy", "and", "out", "of", "bag"]
 
 
 def test_vocabulary_knows_the_posts_words_joined_up_and_inflected():
