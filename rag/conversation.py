@@ -23,6 +23,9 @@ PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|
 SOCIAL = frozenset("thanks thank thx ty ok okay cool nice great awesome perfect lol haha hi hello hey bye got sure "
                    "yes yeah yep no nope wow".split())
 GREETINGS = frozenset("hi hello hey".split())
+# the polite words a message opens with, before what it asks ("ok and gmm?", "thanks! what about DBSCAN")
+POLITE_OPENING = re.compile(r"^\W*(?:(?:%s)\b\W*)+" % "|".join(sorted(SOCIAL | {"thank you", "got it"}, key=len,
+                                                                           reverse=True)), re.I)
 # a message that asks something, even when it opens politely ("thanks! and how about DBSCAN")
 ASKING = re.compile(r"\?|\b(what|whats|why|how|when|which|who|where|can|could|should|would|does|do|is|are)\b", re.I)
 # the most content words a question with a pronoun may have and still be taken for a possible follow-up; on dev
@@ -117,8 +120,9 @@ def _subject(history: list[tuple[str, str]]) -> str | None:
 
 
 def _asks_on(question: str) -> bool:
-    """Can only be a follow-up: it opens like one ("and for DBSCAN?") or is a bare "why?"."""
-    return bool(FOLLOWUP_START.match(question.strip()) or BARE_WHY.match(question))
+    """Can only be a follow-up: it opens like one ("and for DBSCAN?", "ok and gmm") or is a bare "why?"."""
+    asked = POLITE_OPENING.sub("", question.strip())  # "ok and gmm" asks on as "and gmm" does
+    return bool(FOLLOWUP_START.match(asked) or BARE_WHY.match(asked))
 
 
 def _points_back(question: str) -> bool:
@@ -140,7 +144,7 @@ def social(text: str) -> bool:
     if own and own <= SOCIAL:
         return True
     first = words(text)[:1]
-    return bool(first) and first[0] in SOCIAL and not ASKING.search(text)
+    return bool(first) and first[0] in SOCIAL and not ASKING.search(text) and not _asks_on(text)
 
 
 def polite_reply(text: str) -> str:

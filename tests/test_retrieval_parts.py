@@ -91,6 +91,10 @@ def test_follow_up_decision():
     assert follow_up("is it slow on big data?", chat).previous == "how does DBSCAN work?"
     assert follow_up("thanks! and how about k-means?", chat).previous == "how does DBSCAN work?"  # asks: not polite only
     assert follow_up("ok cool", chat[1:]) is None and follow_up("is it slow?", chat[1:]) is None  # nothing asked
+    # a polite opening before a follow-up is still a follow-up (seen in the browser: "ok and gmm" got "Glad to help")
+    for polite in ("ok and gmm", "thanks! what about gmm", "cool, why?", "okay, and for GMM then"):
+        assert follow_up(polite, chat).explicit, polite
+    assert follow_up("ok cool, thank you", chat) is None and follow_up("thanks, got it", chat) is None
     # one that pointed back carries its own subject along, one step back
     chained = chat[:1] + [("is it slow on big data?", "...")]
     assert follow_up("and what about its weaknesses?", chained).previous == \
