@@ -58,11 +58,11 @@ def is_formula(s: str) -> bool:
 
 def as_sentence(s: str) -> str:
     """A list item copied into running text starts with a capital ("use Adam early ..." -> "Use Adam early
-    ...") unless its first word is written so on purpose ("kNN", "p99"), and ends with a full stop, so the
-    answer still reads and splits as sentences."""
+    ...") unless its first word is written so on purpose ("kNN", "p99", the parameter "max_features"), and ends
+    with a full stop, so the answer still reads and splits as sentences."""
     s = s.rstrip()
     first = s.split(" ", 1)[0]
-    if first[:1].islower() and not any(c.isupper() or c.isdigit() for c in first[1:]):
+    if first[:1].islower() and not any(c.isupper() or c.isdigit() or c in "_`" for c in first[1:]):
         s = s[0].upper() + s[1:]
     return s if unquoted(s).endswith((".", "!", "?", "$$")) else s + "."
 

@@ -41,6 +41,11 @@ LABEL_WORDS = 6
 LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so|thus|therefore|hence|however|"
                         r"but|instead(?! of)|now|in contrast|as a result|similarly|in other words)\b", re.I)
 
+# a short item that maps a term to what it does ("max_features→ Controls tree correlation"): fewer words than a
+# sentence an answer may quote, but no fragment. Only an arrow says so: after a colon ("Examples: AdaBoost,
+# Gradient Boosting") a short item is as often a fragment
+TERM_DEFINITION = re.compile(r"^[^\s→]+(?: [^\s→]+)?\s*(?:→|->)\s*\S+\s+\S+")
+
 _stemmer = snowballstemmer.stemmer("english")
 
 
@@ -119,7 +124,8 @@ def answer_sentences(text: str) -> list[str]:
     for s in sentences(text):
         bare = s.replace("*", "").strip()
         tokens = bare.split()
-        if (len(tokens) >= 5 and not unquoted(bare).endswith((":", "?")) and s.count("**") % 2 == 0
+        if ((len(tokens) >= 5 or TERM_DEFINITION.match(bare)) and not unquoted(bare).endswith((":", "?"))
+                and s.count("**") % 2 == 0
                 and tokens[-1].lower() not in STOPWORDS):
             out.append(s)
     return out

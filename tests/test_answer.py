@@ -101,6 +101,16 @@ def test_a_quoted_list_item_reads_as_a_sentence():
     assert as_sentence("use Adam early for fast convergence") == "Use Adam early for fast convergence."
     assert as_sentence("kNN degrades in high dimensions.") == "kNN degrades in high dimensions."  # as written
     assert as_sentence("**Dramatically reduces variance**") == "**Dramatically reduces variance**."
+    assert as_sentence("max_features→ Controls tree correlation") == "max_features→ Controls tree correlation."
+
+
+def test_a_short_item_that_defines_a_term_can_be_quoted(chat):
+    # seen in the browser: "max_features→ Controls tree correlation" has four words, fewer than a sentence an
+    # answer may quote, so the answer to the question it answers listed every other hyperparameter instead
+    assert answer_sentences("- max_features→ Controls tree correlation\n- Examples: AdaBoost, Gradient Boosting"
+                            "\n- It works\n- see → plot") == ["max_features→ Controls tree correlation"]
+    answer = chat.ask("what does max_features do in a random forest")
+    assert "max_features→ Controls tree correlation" in answer.answer, answer.answer
 
 
 def test_a_quoted_list_item_says_what_it_is_about(chat):
