@@ -195,10 +195,12 @@ class Chat:
         """The plan's search; the eval repeats it with another k or fusion. A question that may be a
         follow-up is searched alone and joined to the previous question; it is taken as joined only if it
         names nothing the posts never mention ("how do I bake sourdough?" after an optimizer question stays
-        alone), it has a pronoun or joined its best section has one of its words ("tell me a joke" stays
-        alone), and joined it is likelier covered than alone (by `followup_margin`), so a complete question is not
-        mixed with an unrelated previous one. An explicit follow-up is covered if it is covered joined or, failing that,
-        alone. Which earlier question counts as "previous" is rag.conversation's decision."""
+        alone), it has a pronoun or is not covered alone ("why not just init everything to zero?" after a Xavier
+        question stays alone), it has a pronoun or joined its best section has one of its words ("tell me a
+        joke" stays alone), and joined it is likelier covered than alone (by `followup_margin`), so a complete
+        question is not mixed with an unrelated previous one. An explicit follow-up is covered if it is covered
+        joined or, failing that, alone. Which earlier question counts as "previous" is rag.conversation's
+        decision."""
         k, fusion = k or plan.k, fusion or plan.fusion
         if not plan.previous:
             return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
@@ -211,6 +213,10 @@ class Chat:
         alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
         if alone.signals.get("rare_unknown"):
             return alone  # it names something the posts never mention: not a follow-up
+        if alone.covered and not PRONOUNS.search(plan.question):
+            # short, but nothing points back and the posts answer it as asked: "why not just init everything to
+            # zero" after a Xavier question has its own section, and joined it was answered about Xavier
+            return alone
         joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
         # joined, "tell me a joke" or "group norm vs instance norm?" find the previous question's section; a
         # follow-up shares at least one word with the section it is about ("is that expensive?") or points back

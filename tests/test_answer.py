@@ -187,6 +187,10 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
     encodings = [["why do transformers need positional encodings", "Transformers have no inherent notion of order."]]
     pick_k = chat.retrieve(chat.plan("how do I pick k for k-means?", encodings))
     assert not pick_k.joined and all("position" not in p.section.lower() for p in pick_k.passages)
+    # seen in the browser: short and about the same topic, but the posts answer it as asked, in its own section
+    xavier = [["what's xavier init", "Xavier initialization keeps the variance of activations constant."]]
+    zero = chat.retrieve(chat.plan("why not just init everything to zero", xavier))
+    assert not zero.joined and "initialized to zero" in zero.passages[0].section, zero.passages[0].section
     bread = chat.ask("how do I bake sourdough", history)
     assert bread.refused and bread.suggestions == []  # not the optimizer sections of the turn before
     # seen in the browser: a long casual question with "that" was joined to an OOB question and answered about OOB
