@@ -46,6 +46,11 @@ LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so
 # Gradient Boosting") a short item is as often a fragment
 TERM_DEFINITION = re.compile(r"^[^\s→]+(?: [^\s→]+)?\s*(?:→|->)\s*\S+\s+\S+")
 
+# a sentence with a link points elsewhere ("For more better intuition please read: [AdamW](https://...)", a
+# table of contents' "[How does the algorithm handle missing data?](https://...)"): in these posts every one
+# does, and none answers a question
+LINK = re.compile(r"\]\(https?://")
+
 _stemmer = snowballstemmer.stemmer("english")
 
 
@@ -119,13 +124,13 @@ def stems(text: str) -> set[str]:
 
 def answer_sentences(text: str) -> list[str]:
     """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
-    list or a formula ("... for class i is"), not a fragment cut inside bold text."""
+    list or a formula ("... for class i is"), not a fragment cut inside bold text, not a pointer to a link."""
     out = []
     for s in sentences(text):
         bare = s.replace("*", "").strip()
         tokens = bare.split()
         if ((len(tokens) >= 5 or TERM_DEFINITION.match(bare)) and not unquoted(bare).endswith((":", "?"))
-                and s.count("**") % 2 == 0
+                and s.count("**") % 2 == 0 and not LINK.search(s)
                 and tokens[-1].lower() not in STOPWORDS):
             out.append(s)
     return out

@@ -121,6 +121,15 @@ def test_a_quoted_list_item_says_what_it_is_about(chat):
     assert a.answer.count("Boosting: ") == 1 and written_share(a) == 0.0, a.answer
 
 
+def test_a_sentence_that_points_to_a_link_is_not_quoted(chat):
+    text = ("Decay is scaled by the gradient history in Adam.\n\nFor more better intuition please read: "
+            "[AdamW](https://dshandbook.substack.com/i/182422830/adamw)\n- [How does the algorithm handle missing "
+            "data?](https://dshandbook.substack.com/i/1/q)")
+    assert answer_sentences(text) == ["Decay is scaled by the gradient history in Adam."]
+    answer = chat.ask("what's adamw")  # seen in the browser: it ended with "For more better intuition please read"
+    assert not answer.refused and "please read" not in answer.answer, answer.answer
+
+
 def test_answer_sentences_skip_questions_lead_ins_and_broken_bold():
     text = ("**What is the unit of prediction?**\n\nAfter softmax, the predicted probability for class i is\n\n"
             "$$p_i = e^{z_i}$$\n\nThe unit of prediction decides how labels and features are joined.\n"
