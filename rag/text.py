@@ -124,15 +124,27 @@ def stems(text: str) -> set[str]:
 
 def answer_sentences(text: str) -> list[str]:
     """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
-    list or a formula ("... for class i is"), not a fragment cut inside bold text, not a pointer to a link."""
+    list or a formula ("... for class i is"; a whole sentence ending in a colon comes with its formula), not a
+    fragment cut inside bold text, not a pointer to a link."""
     out = []
-    for s in sentences(text):
+    parts = sentences(text)
+    i = 0
+    while i < len(parts):
+        s = parts[i]
         bare = s.replace("*", "").strip()
         tokens = bare.split()
+        whole = s.count("**") % 2 == 0 and not LINK.search(s)
+        if (whole and bare.endswith(":") and len(tokens) >= 5 and "$$" not in s and i + 1 < len(parts)
+                and parts[i + 1].lstrip().startswith("$$")):
+            # a sentence that leads into a formula says what the formula is for ("AdamW fixes this by decoupling
+            # decay: $$...$$"): the two are quoted as one, neither alone
+            out.append(f"{s} {parts[i + 1]}")
+            i += 2
+            continue
         if ((len(tokens) >= 5 or TERM_DEFINITION.match(bare)) and not unquoted(bare).endswith((":", "?"))
-                and s.count("**") % 2 == 0 and not LINK.search(s)
-                and tokens[-1].lower() not in STOPWORDS):
+                and whole and tokens[-1].lower() not in STOPWORDS):
             out.append(s)
+        i += 1
     return out
 
 

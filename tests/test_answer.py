@@ -121,6 +121,17 @@ def test_a_quoted_list_item_says_what_it_is_about(chat):
     assert a.answer.count("Boosting: ") == 1 and written_share(a) == 0.0, a.answer
 
 
+def test_a_sentence_that_leads_into_a_formula_is_quoted_with_it(chat):
+    text = ("Decay is scaled by the gradient history.\n\nAdamW fixes this by decoupling decay:\n\n"
+            "$$W_{t+1} = W_t - \\eta \\lambda W_t$$\n\nFor class i:\n\n$$p_i = e^{z_i} / Z$$")
+    # a short lead-in ("For class i:") says nothing on its own: its formula is quoted alone
+    assert answer_sentences(text) == ["Decay is scaled by the gradient history.",
+                                      "AdamW fixes this by decoupling decay: $$W_{t+1} = W_t - \\eta \\lambda W_t$$",
+                                      "$$p_i = e^{z_i} / Z$$"]
+    answer = chat.ask("what's adamw")  # seen in the browser: what AdamW does was left out, it ends in a colon
+    assert "AdamW fixes this by decoupling decay: $$" in answer.answer, answer.answer
+
+
 def test_a_sentence_that_points_to_a_link_is_not_quoted(chat):
     text = ("Decay is scaled by the gradient history in Adam.\n\nFor more better intuition please read: "
             "[AdamW](https://dshandbook.substack.com/i/182422830/adamw)\n- [How does the algorithm handle missing "
