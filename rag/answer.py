@@ -18,7 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
-from .conversation import PRONOUNS, check_history, check_k, check_question, follow_up, polite_reply, social
+from .conversation import check_history, check_k, check_question, follow_up, has_pronoun, polite_reply, social
 from .coverage import DECISION_SECTIONS
 from .errors import RagError
 from .grounding import best_support, supported
@@ -213,7 +213,7 @@ class Chat:
         alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
         if alone.signals.get("rare_unknown"):
             return alone  # it names something the posts never mention: not a follow-up
-        if alone.covered and not PRONOUNS.search(plan.question):
+        if alone.covered and not has_pronoun(plan.question):
             # short, but nothing points back and the posts answer it as asked: "why not just init everything to
             # zero" after a Xavier question has its own section, and joined it was answered about Xavier
             return alone
@@ -224,7 +224,7 @@ class Chat:
         # follow-up can also look covered alone, in some other section: the likelier of the two decides, and
         # a tie goes to the question as asked ("why is my random forest overfitting?" after a bagging question
         # was joined at 0.94 vs 0.94 and answered about bagging).
-        if (PRONOUNS.search(plan.question) or stems(plan.question) & _section_stems(joined)) \
+        if (has_pronoun(plan.question) or stems(plan.question) & _section_stems(joined)) \
                 and joined.confidence > alone.confidence + self.settings.followup_margin:
             return joined
         return alone

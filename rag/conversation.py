@@ -18,6 +18,16 @@ FOLLOWUP_START = re.compile(r"^(and|also|what about|how about|what if|same for|a
 # ("who are you?" has no content word either, and is no follow-up)
 BARE_WHY = re.compile(r"^\W*(why|how)(\s+(so|not|exactly|come|then))?\W*$", re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
+# where a question's second clause starts: a pronoun after it refers inside the question ("what is the unit of
+# prediction and why does it matter?"), not to the turn before
+_SECOND_CLAUSE = re.compile(r"\band\b|[,;:—–]")
+
+
+def has_pronoun(question: str) -> bool:
+    """A pronoun in the question's first clause, which may point to an earlier turn."""
+    stripped = question.strip()
+    m = _SECOND_CLAUSE.search(stripped, 1)
+    return bool(PRONOUNS.search(stripped[:m.start()] if m else stripped))
 # what people type to be polite or to acknowledge an answer: not a question about the previous turn (joined to
 # it, "thanks!" found the closing "Thanks for reading" section of the post just discussed)
 SOCIAL = frozenset("thanks thank thx ty ok okay cool nice great awesome perfect lol haha hi hello hey bye got sure "
@@ -128,7 +138,7 @@ def _asks_on(question: str) -> bool:
 def _points_back(question: str) -> bool:
     """Refers to an earlier turn in so many words: it asks on (_asks_on), or has a pronoun in a short question (a
     short question alone may be complete: "how do I pick k for k-means?")."""
-    return _asks_on(question) or (len(content_words(question)) <= PRONOUN_WORDS and bool(PRONOUNS.search(question)))
+    return _asks_on(question) or (len(content_words(question)) <= PRONOUN_WORDS and has_pronoun(question))
 
 
 def _may_follow(question: str) -> bool:

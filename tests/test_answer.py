@@ -211,6 +211,10 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
     xavier = [["what's xavier init", "Xavier initialization keeps the variance of activations constant."]]
     zero = chat.retrieve(chat.plan("why not just init everything to zero", xavier))
     assert not zero.joined and "initialized to zero" in zero.passages[0].section, zero.passages[0].section
+    # the pronoun refers inside the question: an uncovered question was answered from the turn before
+    init = [["Why do initialization problems get worse in deeper networks?", "Variance compounds across layers."]]
+    yarn = chat.ask("what is YaRN and how does it stretch rope to longer contexts", init)
+    assert yarn.refused and yarn.query.startswith("what is YaRN"), yarn.answer
     bread = chat.ask("how do I bake sourdough", history)
     assert bread.refused and bread.suggestions == []  # not the optimizer sections of the turn before
     # seen in the browser: a long casual question with "that" was joined to an OOB question and answered about OOB

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from rag.chunking import Chunk
-from rag.conversation import QuestionError, check_history, check_k, follow_up
+from rag.conversation import QuestionError, check_history, check_k, follow_up, has_pronoun
 from rag.coverage import CoverageModel, Vocabulary, features
 from rag.errors import RagError
 from rag.fusion import FUSIONS, get_fusion, minmax, ranks
@@ -65,6 +65,15 @@ def test_section_text_adds_subsections_with_their_headings_while_they_fit():
     assert _section_text(members, 1, max_words=20) == ("Own text of the section.\n\n**Detail**\n\n"
                                                        "A subsection about details.")
     assert _section_text(members[:1], 1, max_words=20) == "Own text of the section."
+
+
+def test_a_pronoun_points_back_only_from_the_first_clause():
+    # after "and", "it" is the thing the question itself just named
+    assert not has_pronoun("What is the unit of prediction in an ML system and why does it matter?")
+    assert not has_pronoun("what is YaRN, how does it stretch rope")
+    for q in ("is that expensive?", "and what are its weaknesses?", "how does that work, and is it slow?",
+              "why would that be better than euclidean distance?"):
+        assert has_pronoun(q), q
 
 
 def test_follow_up_decision():
