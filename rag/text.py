@@ -41,6 +41,10 @@ LABEL_WORDS = 6
 LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so|thus|therefore|hence|however|"
                         r"but|instead(?! of)|now|in contrast|as a result|similarly|in other words)\b", re.I)
 
+# stop words that can end a whole sentence ("Depth, data quality, and feature randomness matter more"); the
+# others ("is", "the", "of", "and") end a lead-in or a sentence cut short
+ENDING_WORDS = frozenset("more most too again once only very out up down off over here there all both each few "
+                         "other some such own same".split())
 # a short item that maps a term to what it does ("max_features→ Controls tree correlation"): fewer words than a
 # sentence an answer may quote, but no fragment. Only an arrow says so: after a colon ("Examples: AdaBoost,
 # Gradient Boosting") a short item is as often a fragment
@@ -141,8 +145,9 @@ def answer_sentences(text: str) -> list[str]:
             out.append(f"{s} {parts[i + 1]}")
             i += 2
             continue
+        last = tokens[-1].lower()
         if ((len(tokens) >= 5 or TERM_DEFINITION.match(bare)) and not unquoted(bare).endswith((":", "?"))
-                and whole and tokens[-1].lower() not in STOPWORDS):
+                and whole and (last not in STOPWORDS or last in ENDING_WORDS)):
             out.append(s)
         i += 1
     return out

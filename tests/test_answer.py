@@ -121,6 +121,13 @@ def test_a_quoted_list_item_says_what_it_is_about(chat):
     assert a.answer.count("Boosting: ") == 1 and written_share(a) == 0.0, a.answer
 
 
+def test_a_sentence_may_end_in_an_adverb_but_not_in_a_function_word():
+    text = ("- Depth, data quality, and feature randomness matter more\n- Gradients shrink as they pass through "
+            "every one of the\n- After softmax, the probability for class i is")
+    # "more" ends a whole sentence; "the" and "is" end one cut short or a lead-in
+    assert answer_sentences(text) == ["Depth, data quality, and feature randomness matter more"]
+
+
 def test_a_sentence_that_leads_into_a_formula_is_quoted_with_it(chat):
     text = ("Decay is scaled by the gradient history.\n\nAdamW fixes this by decoupling decay:\n\n"
             "$$W_{t+1} = W_t - \\eta \\lambda W_t$$\n\nFor class i:\n\n$$p_i = e^{z_i} / Z$$")
