@@ -21,13 +21,6 @@ PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|
 # where a question's second clause starts: a pronoun after it refers inside the question ("what is the unit of
 # prediction and why does it matter?"), not to the turn before
 _SECOND_CLAUSE = re.compile(r"\band\b|[,;:—–]")
-
-
-def has_pronoun(question: str) -> bool:
-    """A pronoun in the question's first clause, which may point to an earlier turn."""
-    stripped = question.strip()
-    m = _SECOND_CLAUSE.search(stripped, 1)
-    return bool(PRONOUNS.search(stripped[:m.start()] if m else stripped))
 # what people type to be polite or to acknowledge an answer: not a question about the previous turn (joined to
 # it, "thanks!" found the closing "Thanks for reading" section of the post just discussed)
 SOCIAL = frozenset("thanks thank thx ty ok okay cool nice great awesome perfect lol haha hi hello hey bye got sure "
@@ -42,6 +35,13 @@ ASKING = re.compile(r"\?|\b(what|whats|why|how|when|which|who|where|can|could|sh
 # five kept every follow-up's figures and joined fewer standalone questions to an unrelated turn (docs/eval.md)
 PRONOUN_WORDS = 5
 MAX_K = 20  # sections a question may ask for: more only slows the answer and floods the Sources panel
+
+
+def has_pronoun(question: str) -> bool:
+    """A pronoun in the question's first clause, which may point to an earlier turn."""
+    stripped = question.strip()
+    m = _SECOND_CLAUSE.search(stripped, 1)
+    return bool(PRONOUNS.search(stripped[:m.start()] if m else stripped))
 
 
 class QuestionError(RagError):
