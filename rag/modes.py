@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
-from .text import CITATION, LEANS_BACK, answer_sentences, cited_sentences, list_items, list_labels, stems, unquoted
+from .text import (CITATION, LEANS_BACK, answer_sentences, cited_sentences, is_formula, list_items, list_labels,
+                   stems, unquoted)
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
@@ -50,10 +51,6 @@ def labelled(context: list["Passage"], picked: list[tuple[int, str]]) -> list[st
         out.append(s)
         last = (n, label) if label else None
     return out
-
-
-def is_formula(s: str) -> bool:
-    return s.lstrip().startswith("$$")
 
 
 def as_sentence(s: str) -> str:

@@ -126,6 +126,10 @@ def stems(text: str) -> set[str]:
     return {stem(w) for w in content_words(text)}
 
 
+def is_formula(s: str) -> bool:
+    return s.lstrip().startswith("$$")
+
+
 def answer_sentences(text: str) -> list[str]:
     """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
     list or a formula ("... for class i is"; a whole sentence ending in a colon comes with its formula), not a
@@ -139,7 +143,7 @@ def answer_sentences(text: str) -> list[str]:
         tokens = bare.split()
         whole = s.count("**") % 2 == 0 and not LINK.search(s)
         if (whole and bare.endswith(":") and len(tokens) >= 5 and "$$" not in s and i + 1 < len(parts)
-                and parts[i + 1].lstrip().startswith("$$")):
+                and is_formula(parts[i + 1])):
             # a sentence that leads into a formula says what the formula is for ("AdamW fixes this by decoupling
             # decay: $$...$$"): the two are quoted as one, neither alone
             out.append(f"{s} {parts[i + 1]}")
