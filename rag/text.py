@@ -25,7 +25,13 @@ your""".split()
 # Words that carry no topic in a question ("explain the difference between ... vs ..."); a search or an
 # overlap test would rank on them otherwise.
 QUERY_WORDS = {"explain", "tell", "describe", "difference", "vs", "versus"}
-STOPWORDS = frozenset(NLTK_STOPWORDS) | QUERY_WORDS
+# Contractions: the pieces NLTK's full list has for "don't", "isn't", "we'll" split at the apostrophe, and the
+# same words typed without it ("whats the catch?", "dont get it"). Counted as content words, "whats" made a
+# three-word follow-up look like a complete four-word question and a word the posts never use.
+CONTRACTIONS = frozenset("""ain aren couldn didn doesn don hadn hasn haven isn ll mightn mustn needn re shan shouldn
+ve wasn weren won wouldn whats hows whys wheres whens whos thats theres heres dont doesnt didnt isnt arent wasnt
+werent cant couldnt shouldnt wouldnt hasnt havent hadnt im ive youre youve theyre""".split())
+STOPWORDS = frozenset(NLTK_STOPWORDS) | QUERY_WORDS | CONTRACTIONS
 
 CITATION = re.compile(r"\s*\[\d+\]")
 _MARK = re.compile(r"\[(\d+)\]")

@@ -194,6 +194,10 @@ def test_followup_uses_the_conversation(chat):
     why = chat.ask("why?", [["is adam better than sgd for generalization", "Switch to SGD later for better "
                                                                            "generalization."]])
     assert not why.refused and "Adam" in why.citations[0].section + why.answer, why.answer
+    # a casual follow-up typed without its apostrophe ("whats") is still short enough to be one
+    kv = chat.ask("whats the downside memory-wise?", [["how does a kv cache speed up decoding?",
+                                                       "Keys and values of earlier tokens are kept."]])
+    assert not kv.refused and "KV Cache" in kv.citations[0].section, kv.answer
 
 
 def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):

@@ -14,7 +14,7 @@ from rag.coverage import CoverageModel, Vocabulary, features
 from rag.errors import RagError
 from rag.fusion import FUSIONS, get_fusion, minmax, ranks
 from rag.retrieve import Passage, _section_text, join_overlapping, spell_out
-from rag.text import stems, words
+from rag.text import content_words, stems, words
 
 SETTINGS = SimpleNamespace(dense_weight=0.6, rrf_k=60)
 
@@ -110,6 +110,14 @@ def test_follow_up_decision():
         "is it slow on big data? how does DBSCAN work?"
     complete = chat[:1] + [("how do I pick k for k-means?", "...")]  # short but complete: no chain
     assert follow_up("is it expensive?", complete).previous == "how do I pick k for k-means?"
+
+
+def test_contractions_typed_without_apostrophe_are_no_content_words():
+    # "whats the catch memory-wise?" after a KV-cache question: "whats" counted as a fourth content word, so the
+    # follow-up was taken for a complete question, searched alone and refused
+    assert content_words("whats a gmm") == {"gmm"}
+    assert content_words("why don't we init to zero") == {"init", "zero"}  # not "don"
+    assert follow_up("whats the downside memory-wise?", [("how does a kv cache speed up decoding?", "...")])
 
 
 def test_history_and_k_validation():

@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 
 from ..grounding import NEGATIONS, SUPPORT_THRESHOLD, names_and_numbers_in, overlap
-from ..text import CITATION, STOPWORDS, cited_sentences, words
+from ..text import CITATION, NLTK_STOPWORDS, QUERY_WORDS, cited_sentences, words
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,17 @@ def squad_tokens(text: str) -> list[str]:
     return _ARTICLES.sub(" ", text).split()
 
 
+# The metric's own stop words, fixed: the product's list (text.STOPWORDS) may grow, and the measure must not
+# move with it.
+EVIDENCE_STOPWORDS = frozenset(NLTK_STOPWORDS) | QUERY_WORDS
+
+
 def holds_evidence(answer: str, evidence: list[str]) -> float:
     """1.0 when the answer holds at least half of the content words of some evidence string, else 0.0."""
     own = set(squad_tokens(answer))
     best = 0.0
     for e in evidence:
-        words = set(squad_tokens(e)) - STOPWORDS
+        words = set(squad_tokens(e)) - EVIDENCE_STOPWORDS
         if words:
             best = max(best, len(words & own) / len(words))
     return float(best >= 0.5)
