@@ -42,6 +42,8 @@ class Retrieval:
     confidence: float  # the score the "covered" decision is made on
     seconds: float
     query_vector: np.ndarray | None = None  # the embedding of `query`, so answering need not embed it again
+    # what the answer's sentences are ranked by: `query_vector`, or for a follow-up mostly its own words
+    answer_vector: np.ndarray | None = None
     signals: dict = field(default_factory=dict)  # what the covered decision was made on (rag.coverage)
     joined: bool = False  # searched together with the previous question (a follow-up)
     sketch: str = ""  # the model's one-line sketch answer, when the decision took a second look (rag.answer)
@@ -180,7 +182,17 @@ class Retriever:
         passages = self._sections(index, fused, cos, max(k, DECISION_SECTIONS), qvec)
         covered, confidence, signals = self.decide(index, queries[-1], vectors[-1:], passages)
         return Retrieval(queries[-1], passages[:k], covered, confidence, time.perf_counter() - start, vectors[-1:],
-                         signals, bool(context))
+                         self._answer_vector(vectors), signals, bool(context))
+
+    def _answer_vector(self, vectors: np.ndarray) -> np.ndarray:
+        """The question's vector, or for a follow-up (its own words, then joined) a blend leaning to its own
+        words: the joined text chose the section, and ranking its sentences by it too quotes what the previous
+        answer said. Not its own words alone: "why?" says nothing by itself."""
+        if len(vectors) == 1:
+            return vectors
+        w = self.settings.followup_sentence_weight
+        blend = w * vectors[0] + (1 - w) * vectors[1]
+        return (blend / np.linalg.norm(blend))[None].astype(vectors.dtype)
 
     def decide(self, index: Index, query: str, qvec: np.ndarray,
                passages: list[Passage]) -> tuple[bool, float, dict]:

@@ -56,6 +56,9 @@ class Settings:
     dense_weight: float = 0.6
     rrf_k: int = 60
     followup_weight: float = 0.3  # a follow-up's own words vs the follow-up joined to the previous question
+    # the answer's sentences are ranked by a follow-up's own words more than by the earlier question's, which
+    # chose the section: joined alone, "whats the catch memory-wise?" re-quoted the previous answer (docs/eval.md)
+    followup_sentence_weight: float = 0.7
     followup_margin: float = 0.02  # a possible follow-up is joined when that is this much likelier covered
     heading_weight: float = 0.3  # bonus for a section whose heading matches the question
     coverage_model: Path | None = PROJECT_DIR / "rag" / "coverage_model.json"  # `rag calibrate` writes it
@@ -103,7 +106,7 @@ class Settings:
                 raise SettingsError(f"setting {name} must be at least 1, not {getattr(self, name)}")
         if self.watch_interval <= 0:
             raise SettingsError(f"setting watch_interval must be above 0 seconds, not {self.watch_interval}")
-        for name in ("dense_weight", "followup_weight"):
+        for name in ("dense_weight", "followup_weight", "followup_sentence_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SettingsError(f"setting {name} must be between 0 and 1, not {getattr(self, name)}")
 

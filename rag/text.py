@@ -138,20 +138,27 @@ def is_formula(s: str) -> bool:
 
 def answer_sentences(text: str) -> list[str]:
     """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
-    list or a formula ("... for class i is"; a whole sentence ending in a colon comes with its formula), not a
-    fragment cut inside bold text, not a pointer to a link."""
+    list, not a fragment cut inside bold text or left after a formula ("where τ is a temperature."), not a
+    pointer to a link. A sentence that leads into a formula comes with it ("... weight updates take the form
+    $$...$$")."""
     out = []
     parts = sentences(text)
+    items = list_items(text)
     i = 0
     while i < len(parts):
         s = parts[i]
         bare = s.replace("*", "").strip()
         tokens = bare.split()
         whole = s.count("**") % 2 == 0 and not LINK.search(s)
-        if (whole and bare.endswith(":") and len(tokens) >= 5 and "$$" not in s and i + 1 < len(parts)
+        if i > 0 and is_formula(parts[i - 1]) and bare[:1].islower():
+            i += 1  # the rest of the formula's sentence ("if full covariance matrices are used."): no sentence
+            continue
+        # (a list item ends without a stop anyway, and the formula after a list is the list's, not its last item's)
+        leads_in = bare.endswith(":") or (s not in items and not unquoted(bare).endswith((".", "!", "?")))
+        if (whole and leads_in and len(tokens) >= 5 and "$$" not in s and i + 1 < len(parts)
                 and is_formula(parts[i + 1])):
-            # a sentence that leads into a formula says what the formula is for ("AdamW fixes this by decoupling
-            # decay: $$...$$"): the two are quoted as one, neither alone
+            # a sentence that leads into a formula, with a colon or without ("... which is typically $$O(n^3)$$"),
+            # says what the formula is for: the two are quoted as one, neither alone
             out.append(f"{s} {parts[i + 1]}")
             i += 2
             continue

@@ -10,7 +10,7 @@ from rag.answer import NOT_COVERED, Chat
 from rag.conversation import QuestionError
 from rag.grounding import supported
 from rag.text import answer_sentences
-from rag.modes import as_sentence, section_sentences
+from rag.modes import as_sentence, ranked_sentences, section_sentences
 from rag.text import cited_sentences, list_labels, sentences
 from rag.eval.evaluate import written_share
 from rag.indexer import update_index
@@ -137,6 +137,16 @@ def test_a_sentence_that_leads_into_a_formula_is_quoted_with_it(chat):
                                       "$$p_i = e^{z_i} / Z$$"]
     answer = chat.ask("what's adamw")  # seen in the browser: what AdamW does was left out, it ends in a colon
     assert "AdamW fixes this by decoupling decay: $$" in answer.answer, answer.answer
+    # without a colon too: a sentence that runs into its formula was quoted cut off ("The dominant cost is eigen
+    # decomposition of the graph Laplacian, which is typically."), and the words after the formula, which finish
+    # its sentence, were quoted as one ("If full covariance matrices are used.")
+    text = ("- Each iteration is linear in n\n\n$$O(nk)$$\n\nEach EM iteration of a Gaussian mixture costs\n\n"
+            "$$O(nkd^2)$$\n\nif full covariance matrices are used. This makes GMMs slower than K-Means.")
+    assert answer_sentences(text) == ["Each iteration is linear in n",  # a list's formula is the list's
+                                      "Each EM iteration of a Gaussian mixture costs $$O(nkd^2)$$",
+                                      "This makes GMMs slower than K-Means."]
+    answer = chat.ask("time complexity of spectral clustering?")
+    assert "which is typically $$O(n^3)$$" in answer.answer, answer.answer
 
 
 def test_a_sentence_that_points_to_a_link_is_not_quoted(chat):
@@ -155,7 +165,8 @@ def test_answer_sentences_skip_questions_lead_ins_and_broken_bold():
             "- Remaining samples are used as a free validation set\n"
             "tiling the attention matrix (Flash Attention)** keeps memory linear in length.\n"
             "“How well does each point fit inside its assigned cluster?”")
-    assert answer_sentences(text) == ["The unit of prediction decides how labels and features are joined.",
+    assert answer_sentences(text) == ["After softmax, the predicted probability for class i is $$p_i = e^{z_i}$$",
+                                      "The unit of prediction decides how labels and features are joined.",
                                       "**Memory-Efficient Exact Methods (Flash Attention)** give exact attention "
                                       "with less memory.",
                                       "Remaining samples are used as a free validation set"]
@@ -198,6 +209,17 @@ def test_followup_uses_the_conversation(chat):
     kv = chat.ask("whats the downside memory-wise?", [["how does a kv cache speed up decoding?",
                                                        "Keys and values of earlier tokens are kept."]])
     assert not kv.refused and "KV Cache" in kv.citations[0].section, kv.answer
+
+
+def test_a_follow_ups_sentences_are_chosen_by_what_it_asks(chat):
+    # the joined question chooses the section; ranking its sentences by the joined text too quoted what the
+    # previous answer had said ("whats the catch memory-wise?" re-quoted how the KV cache speeds decoding up)
+    plan = chat.plan("does it guarantee anything about the result?",
+                     [["How does K-Means++ choose its first centroids?", "Spread out, by squared distance."]])
+    retrieval = chat.retrieve(plan)
+    assert retrieval.joined and "K-Means++" in retrieval.passages[0].section
+    top = [s for _, s, _ in ranked_sentences(chat, retrieval, retrieval.passages)[:2]]
+    assert all("guarantee" in s for s in top), top
 
 
 def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
