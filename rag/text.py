@@ -45,7 +45,8 @@ LABEL_WORDS = 6
 # a sentence opening with one of these leans on the sentence before it ("This makes Adam fast and robust"):
 # quoted without that sentence it reads as a non sequitur
 LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so|thus|therefore|hence|however|"
-                        r"but|instead(?! of)|now|in contrast|as a result|similarly|in other words)\b", re.I)
+                        r"but|instead(?! of)|now|in contrast|as a result|similarly|in other words|"
+                        r"in (?:this|that|such|these|those) cases?|for this reason|because of this)\b", re.I)
 
 # stop words that can end a whole sentence ("Depth, data quality, and feature randomness matter more"); the
 # others ("is", "the", "of", "and") end a lead-in or a sentence cut short

@@ -95,6 +95,12 @@ def test_a_sentence_that_leans_on_the_one_before_brings_it_along():
     assert section_sentences(ranked, 0, 3, reading, order) == [(0, reading[i]) for i in (0, 1, 4)]
     # "That's why ..." after a list leans on the whole list, not on its last item
     assert section_sentences(ranked, 0, 1, reading, order, items={reading[0]}) == [(0, reading[1])]
+    # "In such cases" points back as "this" does ("In such cases, alternatives like HDBSCAN ... are used.")
+    cases = ["In very high dimensions, density itself becomes ill-defined.",
+             "In such cases, alternatives like HDBSCAN are used."]
+    ranked = [(0, cases[1], 0.9), (0, cases[0], 0.2)]
+    assert section_sentences(ranked, 0, 1, cases, {s: i for i, s in enumerate(cases)}) == [(0, cases[0]),
+                                                                                          (0, cases[1])]
 
 
 def test_a_quoted_list_item_reads_as_a_sentence():
