@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
-from .text import (CITATION, LEANS_BACK, answer_sentences, cited_sentences, is_formula, list_items, list_labels,
+from .text import (CITATION, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula, list_items, list_labels,
                    stems, unquoted)
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
@@ -46,13 +46,18 @@ def ranked_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passag
 
 def labelled(context: list["Passage"], picked: list[tuple[int, str]]) -> list[str]:
     """The picked sentences as the answer shows them: the first of a run of items of one list gets the list's
-    label (text.list_labels: "Boosting: Each new model focuses on previous errors. Goal: reduce bias."), so
-    quoted items still say what they are about."""
+    label (text.list_labels: "Boosting: Each new model focuses on previous errors. Goal: reduce bias."), and a
+    sentence that leans back at the start of a paragraph under a bold line gets that line (text.bold_leads:
+    "Gaussian Mixture Models take yet another view: They assume ..."), so quoted sentences still say what they
+    are about."""
     out, last = [], None
     for n, s in picked:
         label = list_labels(context[n].context).get(s)
+        lead = bold_leads(context[n].context).get(s)
         if label and (n, label) != last and label.lower() not in s.lower():
             s = f"{label} — {s}" if s.split(" ", 1)[0].endswith(":") else f"{label}: {s}"
+        elif lead and LEANS_BACK.match(s):  # "They assume ..." under "**Gaussian Mixture Models take ...**"
+            s = f"{lead.rstrip('.:!?')}: {s}"  # one sentence, so that its citation covers the lead too
         out.append(s)
         last = (n, label) if label else None
     return out
@@ -97,22 +102,24 @@ def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"
     reading = [s for p in context for s in answer_sentences(p.context)]
     order = {s: i for i, s in enumerate(reading)}
     items = {s for p in context for s in list_items(p.context)}
+    opens = {s for p in context for s in bold_leads(p.context)}
     runner = close_runner_up(context, best_n, chat.settings.close_sections)
     share = most // 2 if runner is not None else 0
-    picked = section_sentences(ranked, best_n, most - share, reading, order, items)
+    picked = section_sentences(ranked, best_n, most - share, reading, order, items, opens)
     if runner is not None:
-        return picked + section_sentences(ranked, runner, share, reading, order, items)
+        return picked + section_sentences(ranked, runner, share, reading, order, items, opens)
     if not retrieval.joined:
         picked += second_hop(retrieval.query, ranked, picked, context, best - chat.settings.second_hop_margin)
     return picked
 
 
 def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict[str, int],
-                      items: set[str] = frozenset()) -> list[tuple[int, str]]:
+                      items: set[str] = frozenset(), opens: set[str] = frozenset()) -> list[tuple[int, str]]:
     """The `most` sentences of passage n most similar to the question, in reading order. A sentence that leans
     on the one before it (text.LEANS_BACK: "This makes Adam fast ...") brings that sentence along, one over
     `most` at the end if need be, unless that one is a formula or a list item (`items`: "That's why ..." after
-    a list leans on the whole list, not on its last item). A formula joins only after the picked sentence that
+    a list leans on the whole list, not on its last item), or it opens a paragraph under a bold line (`opens`,
+    text.bold_leads: the line says what it leans on, and `labelled` shows it). A formula joins only after the picked sentence that
     leads into it: alone it would open the answer or float between unrelated sentences ("why pre ln > post ln"
     began with the Post-LN formula)."""
     close = [(m, s) for m, s, _ in ranked if m == n]
@@ -124,7 +131,7 @@ def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict
             break
         before = reading[order[t[1]] - 1] if order[t[1]] > 0 else None
         if (LEANS_BACK.match(t[1]) and before in own and (n, before) not in picked and not is_formula(before)
-                and before not in items):
+                and before not in items and t[1] not in opens):
             picked.append((n, before))
         if t not in picked:
             picked.append(t)

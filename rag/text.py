@@ -199,6 +199,26 @@ def list_labels(text: str) -> dict[str, str]:
     return labels
 
 
+@lru_cache(maxsize=1024)
+def bold_leads(text: str) -> dict[str, str]:
+    """The first sentence of a paragraph under a bold line -> that line without its bold marks ("They assume
+    data is generated from a mixture of Gaussians ..." -> "Gaussian Mixture Models take yet another view."). The
+    sentence before it in the text belongs to the topic before the bold line, and "They" means this one."""
+    leads: dict[str, str] = {}
+    heading = None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if PSEUDO_HEADING.match(line):
+            heading = line.replace("*", "").strip()
+            continue
+        first = sentences(line)[:1] if heading and not LIST_MARKER.match(line) else []
+        if first:
+            leads[first[0]] = heading
+        heading = None
+    return leads
+
+
 def list_items(text: str) -> set[str]:
     """The sentences of `text` that are items of a list ("- Is stable for sequence modeling")."""
     return {s for line in text.splitlines() if LIST_MARKER.match(line) for s in sentences(line)}

@@ -11,7 +11,7 @@ from rag.conversation import QuestionError
 from rag.grounding import supported
 from rag.text import answer_sentences
 from rag.modes import as_sentence, ranked_sentences, section_sentences
-from rag.text import cited_sentences, list_labels, sentences
+from rag.text import bold_leads, cited_sentences, list_labels, sentences
 from rag.eval.evaluate import written_share
 from rag.indexer import update_index
 
@@ -101,6 +101,19 @@ def test_a_sentence_that_leans_on_the_one_before_brings_it_along():
     ranked = [(0, cases[1], 0.9), (0, cases[0], 0.2)]
     assert section_sentences(ranked, 0, 1, cases, {s: i for i, s in enumerate(cases)}) == [(0, cases[0]),
                                                                                           (0, cases[1])]
+
+
+def test_a_paragraph_under_a_bold_line_is_about_what_the_line_says(chat):
+    text = ("**K-Means assumes round clusters.**\nIt assigns each point to one cluster only.\n\n"
+            "**Gaussian Mixture Models take yet another view.**\nThey assume a mixture of Gaussians. They use EM.\n"
+            "- a list item\n\nA plain paragraph follows.")
+    assert bold_leads(text) == {"It assigns each point to one cluster only.": "K-Means assumes round clusters.",
+                                "They assume a mixture of Gaussians.": "Gaussian Mixture Models take yet another view."}
+    # seen in the CLI: "whats a gmm" quoted "They assume ..." with the sentence before it in the text, which is
+    # about DBSCAN ("DBSCAN also struggles when ..."), and without what "They" are
+    answer = chat.ask("whats a gmm")
+    assert "Gaussian Mixture Models take yet another view: They assume" in answer.answer, answer.answer
+    assert "DBSCAN also struggles" not in answer.answer, answer.answer
 
 
 def test_a_quoted_list_item_reads_as_a_sentence():
