@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RagError
-from .text import content_words, stem, stems, words
+from .text import STOPWORDS, content_words, stem, stems, words
 
 FEATURES = ("dense", "heading", "sentence", "dense_gap", "top_term_share", "log_words", "rare_unknown",
             "rare_share")
@@ -103,11 +103,26 @@ class Vocabulary:
     def rare_unknown(self, text: str) -> list[str]:
         """Content words of `text` that the posts never use and that are rare in English: the names of the
         things a question asks about that the posts do not cover. A word already spelled out next to it
-        ("lgbm (LightGBM)", rag.retrieve.spell_out) does not count."""
+        ("lgbm (LightGBM)", rag.retrieve.spell_out), or half of a term the posts write joined up ("rms" of
+        "rms norm", RMSNorm), does not count."""
+        halves = {w for pair in self.joined_pairs(text) for w in pair[:2]}
         text = _SPELLED_OUT.sub("", text)
         own = content_words(text)
-        return [w for w in dict.fromkeys(words(text))
-                if w in own and not w.isdigit() and not self.known(w) and english_zipf(w) < RARE_ZIPF]
+        return [w for w in dict.fromkeys(words(text)) if w in own and w not in halves and not w.isdigit()
+                and not self.known(w) and english_zipf(w) < RARE_ZIPF]
+
+    def joined_pairs(self, text: str) -> list[tuple[str, str, str]]:
+        """Two words of `text` that the posts write as one word: "layer norm" -> ("layer", "norm", "layernorm").
+        Not a pair the posts hyphenate ("cross-validation", "per-parameter"): the search and the word counts split
+        those anyway, so the note would only count the same words twice. Stop words never pair."""
+        out = []
+        tokens = re.findall(r"[a-z0-9]+|[^a-z0-9\s]+", text.lower())  # "cross-validation" is no pair: a, "-", b
+        for a, b in zip(tokens, tokens[1:]):
+            joined = a + b
+            if (a.isalnum() and b.isalnum() and a not in STOPWORDS and b not in STOPWORDS and len(a) > 1
+                    and len(b) > 1 and joined in self.words and joined not in self.hyphenated):
+                out.append((a, b, joined))
+        return out
 
     def correction(self, word: str) -> str | None:
         """A misspelt word's spelling in the posts ("xaiver" -> "xavier"): one edit (transpositions count one)

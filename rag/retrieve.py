@@ -111,9 +111,12 @@ def expand_shorthand(text: str) -> str:
 
 
 def spell_out(text: str, vocab: Vocabulary) -> str:
-    """Shorthand expanded, and each word the posts write differently followed by their spelling:
-    "xaiver init for kmeans" -> "xaiver (xavier) init (initialization) for kmeans (k-means)"."""
+    """Shorthand expanded, and each word or pair of words the posts write differently followed by their
+    spelling: "xaiver init for kmeans" -> "xaiver (xavier) init (initialization) for kmeans (k-means)", "rms
+    norm" -> "rms norm (rmsnorm)"."""
     text = expand_shorthand(text)
+    for a, b, spelled in vocab.joined_pairs(text):
+        text = re.sub(rf"\b{a}\s+{b}\b(?! \()", lambda m: f"{m.group(0)} ({spelled})", text, flags=re.I)
 
     def note(m: re.Match) -> str:
         if text[m.end():m.end() + 2] == " (":  # spelled out already ("init (initialization)")
