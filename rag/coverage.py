@@ -27,6 +27,9 @@ from .text import STOPWORDS, content_words, stem, stems, words
 
 FEATURES = ("dense", "heading", "sentence", "dense_gap", "top_term_share", "log_words", "rare_unknown",
             "rare_share")
+# "log_words" counts at least this many words: the dev questions the model is fit on have three or more, and
+# below that the fit would extrapolate a penalty to "what is bagging" (heading cosine 0.78, refused)
+MIN_WORDS = 3
 # the decision looks at this many of the best sections whatever k the user asked for, so that asking for fewer
 # sections does not change whether a question is covered
 DECISION_SECTIONS = 5
@@ -159,7 +162,7 @@ def features(question: str, passages: list, vocab: Vocabulary, sentence: float) 
         "sentence": sentence,
         "dense_gap": dense[0] - (float(np.mean(dense[1:])) if len(dense) > 1 else 0.0),
         "top_term_share": sum(vocab.idf(w) for w in known if w in top) / weight if weight else 0.0,
-        "log_words": math.log1p(len(question_stems)),
+        "log_words": math.log1p(max(len(question_stems), MIN_WORDS)),
         "rare_unknown": float(len(rare)),
         "rare_share": len(rare) / max(len(content_words(question)), 1),
     }
