@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
-from .text import (CITATION, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula, list_items, list_labels,
-                   stems, unquoted)
+from .text import (CITATION, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula, list_items,
+                   list_labels, stems, unquoted)
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
@@ -119,9 +119,9 @@ def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict
     on the one before it (text.LEANS_BACK: "This makes Adam fast ...") brings that sentence along, one over
     `most` at the end if need be, unless that one is a formula or a list item (`items`: "That's why ..." after
     a list leans on the whole list, not on its last item), or it opens a paragraph under a bold line (`opens`,
-    text.bold_leads: the line says what it leans on, and `labelled` shows it). A formula joins only after the picked sentence that
-    leads into it: alone it would open the answer or float between unrelated sentences ("why pre ln > post ln"
-    began with the Post-LN formula)."""
+    text.bold_leads: the line says what it leans on, and `labelled` shows it). A formula joins only after the
+    picked sentence that leads into it: alone it would open the answer or float between unrelated sentences
+    ("why pre ln > post ln" began with the Post-LN formula)."""
     close = [(m, s) for m, s, _ in ranked if m == n]
     own = {s for _, s in close}
     prose = [t for t in close if not is_formula(t[1])]

@@ -219,9 +219,10 @@ def bold_leads(text: str) -> dict[str, str]:
     return leads
 
 
-def list_items(text: str) -> set[str]:
+@lru_cache(maxsize=1024)
+def list_items(text: str) -> frozenset[str]:
     """The sentences of `text` that are items of a list ("- Is stable for sequence modeling")."""
-    return {s for line in text.splitlines() if LIST_MARKER.match(line) for s in sentences(line)}
+    return frozenset(s for line in text.splitlines() if LIST_MARKER.match(line) for s in sentences(line))
 
 
 def unquoted(s: str) -> str:
