@@ -216,7 +216,9 @@ def _wrap_marks(rendered: str, marks) -> str:
             elif chunk == _END:
                 k = None
             elif chunk:
-                out.append(f"<mark class='{marks[k][2]}' data-k='{k}'>{chunk}</mark>"
+                # a display formula is a block: an inline <mark> around it shows as two slivers (app.css)
+                block = " block" if chunk.startswith("<math") and 'display="block"' in chunk[:120] else ""
+                out.append(f"<mark class='{marks[k][2]}{block}' data-k='{k}'>{chunk}</mark>"
                            if k is not None and chunk.strip() else chunk)
     return "".join(out)
 

@@ -42,6 +42,12 @@ def test_highlights_cross_bold_and_list_items_and_stay_well_formed():
     assert "".join(inner for k, inner in marks if k == "0") == "The difference lies in where Layer Normalization is applied"
     assert "<li><strong>Post-LN</strong>: <mark" in html  # the list still parses, the label stays out
     assert html.count("<math") == 1 and "display=\"block\"" in html
+    # a sentence quoted with its display formula: the formula's mark is a block (app.css), not an inline mark
+    # around a block, which the browser shows as two slivers above and below the formula
+    text = "Agglomerative clustering leads to a time complexity of\n\n$$O(n^2 \\log n)$$\n\nand so on."
+    html = render.markdown_html(text, [(0, text.index("\n\nand"), "support")])
+    assert re.search(r"<mark class='support block' data-k='0'><math[^>]*display=\"block\"", html), html
+    assert "<mark class='support' data-k='0'>Agglomerative clustering leads to a time complexity of</mark>" in html
 
 
 def test_a_paraphrased_sentence_is_matched_to_the_passage_sentence_it_rests_on():
