@@ -12,14 +12,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
-from .text import (CITATION, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula, list_items,
+from .text import (CITATION, FORMULA, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula, list_items,
                    list_labels, stems, unquoted)
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
     from .retrieve import Passage, Retrieval
-
-_FORMULA = re.compile(r"\$\$.*?\$\$", re.S)
 
 SYSTEM_PROMPT = (
     "You answer machine-learning interview questions using only the numbered passages from a blog. "
@@ -40,7 +38,7 @@ def ranked_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passag
         return []
     vector = retrieval.answer_vector if retrieval.answer_vector is not None else retrieval.query_vector
     # a sentence quoted with its formula is compared by its words: LaTeX only blurs what it says
-    sims = chat.retriever.sentence_vectors([_FORMULA.sub("", s).strip() or s for _, s in candidates]) @ vector[0]
+    sims = chat.retriever.sentence_vectors([FORMULA.sub("", s).strip() or s for _, s in candidates]) @ vector[0]
     return sorted(((n, s, float(x)) for (n, s), x in zip(candidates, sims)), key=lambda t: (t[0] > 0, -t[2]))
 
 

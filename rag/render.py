@@ -20,12 +20,12 @@ from markdown_it import MarkdownIt
 from .answer import NOT_COVERED
 from .chunking import section_title
 from .grounding import overlap
+from .text import FORMULA
 from .text import sentences as split_sentences
 
 log = logging.getLogger(__name__)
 
 CITATION_MARK = re.compile(r"\[(\d+)\]")
-FORMULA = re.compile(r"\$\$(.+?)\$\$", re.S)
 # Private-use characters the posts never contain: where a highlight starts (one per class) and ends, and
 # where a formula sits while the Markdown around it is rendered.
 _END, _FORMULA_OPEN, _FORMULA_CLOSE = "\ue001", "\ue002", "\ue003"

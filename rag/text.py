@@ -133,6 +133,9 @@ def stems(text: str) -> set[str]:
     return {stem(w) for w in content_words(text)}
 
 
+FORMULA = re.compile(r"\$\$(.+?)\$\$", re.S)  # a display formula, its TeX in group 1
+
+
 def is_formula(s: str) -> bool:
     return s.lstrip().startswith("$$")
 
