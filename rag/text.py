@@ -44,7 +44,7 @@ PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labe
 LABEL_WORDS = 6
 # a sentence opening with one of these leans on the sentence before it ("This makes Adam fast and robust"):
 # quoted without that sentence it reads as a non sequitur
-LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so|thus|therefore|hence|however|"
+LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so|thus|where|therefore|hence|however|"
                         r"but|instead(?! of)|now|in contrast|as a result|similarly|in other words|"
                         r"in (?:this|that|such|these|those) cases?|for this reason|because of this)\b", re.I)
 
@@ -140,11 +140,21 @@ def is_formula(s: str) -> bool:
     return s.lstrip().startswith("$$")
 
 
+def _plain(line: str) -> str:
+    return LIST_MARKER.sub("", line).replace("*", "").strip()
+
+
+def line_before(text: str, part: str) -> str:
+    """The last non-empty line of `text` before `part` (a display formula: always a line of its own)."""
+    lines = text[:max(text.find(part), 0)].rstrip().splitlines()
+    return lines[-1] if lines else ""
+
+
 def answer_sentences(text: str) -> list[str]:
     """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
     list, not a fragment cut inside bold text or left after a formula ("where τ is a temperature."), not a
     pointer to a link. A sentence that leads into a formula comes with it ("... weight updates take the form
-    $$...$$")."""
+    $$...$$"), and so does a short label ("In Adam: $$...$$"); a formula after anything else is no sentence."""
     out = []
     parts = sentences(text)
     items = list_items(text)
@@ -165,6 +175,21 @@ def answer_sentences(text: str) -> list[str]:
             # says what the formula is for: the two are quoted as one, neither alone
             out.append(f"{s} {parts[i + 1]}")
             i += 2
+            continue
+        if is_formula(s):
+            # a formula right after a kept sentence may follow it in an answer; after a short label ("In Adam:",
+            # which is no sentence) it is quoted with the label; after anything else it is no sentence: alone it
+            # would seem to follow whichever sentence came before ("Decay is uniform across parameters." with
+            # Adam's formula, whose "In Adam:" was left out)
+            line = line_before(text, s)
+            label = (split_sentences(line) or [""])[-1]
+            if (len(tokens) >= 5 and i > 0 and out and out[-1] == parts[i - 1] and not LIST_MARKER.match(line)
+                    and _plain(line).endswith(_plain(parts[i - 1]))):
+                out.append(s)
+            elif (_plain(label).endswith(":") and len(label.split()) < 5 and "$$" not in label
+                  and label.count("**") % 2 == 0):
+                out.append(f"{LIST_MARKER.sub('', label).strip()} {s}")
+            i += 1
             continue
         last = tokens[-1].lower()
         if ((len(tokens) >= 5 or TERM_DEFINITION.match(bare)) and not unquoted(bare).endswith((":", "?"))

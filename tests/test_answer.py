@@ -150,10 +150,10 @@ def test_a_sentence_may_end_in_an_adverb_but_not_in_a_function_word():
 def test_a_sentence_that_leads_into_a_formula_is_quoted_with_it(chat):
     text = ("Decay is scaled by the gradient history.\n\nAdamW fixes this by decoupling decay:\n\n"
             "$$W_{t+1} = W_t - \\eta \\lambda W_t$$\n\nFor class i:\n\n$$p_i = e^{z_i} / Z$$")
-    # a short lead-in ("For class i:") says nothing on its own: its formula is quoted alone
+    # a short label ("For class i:") is no sentence, but it says which formula this is: the two are quoted as one
     assert answer_sentences(text) == ["Decay is scaled by the gradient history.",
                                       "AdamW fixes this by decoupling decay: $$W_{t+1} = W_t - \\eta \\lambda W_t$$",
-                                      "$$p_i = e^{z_i} / Z$$"]
+                                      "For class i: $$p_i = e^{z_i} / Z$$"]
     answer = chat.ask("what's adamw")  # seen in the browser: what AdamW does was left out, it ends in a colon
     assert "AdamW fixes this by decoupling decay: $$" in answer.answer, answer.answer
     # without a colon too: a sentence that runs into its formula was quoted cut off ("The dominant cost is eigen
@@ -166,6 +166,20 @@ def test_a_sentence_that_leads_into_a_formula_is_quoted_with_it(chat):
                                       "This makes GMMs slower than K-Means."]
     answer = chat.ask("time complexity of spectral clustering?")
     assert "which is typically $$O(n^3)$$" in answer.answer, answer.answer
+
+
+def test_a_formula_follows_only_the_sentence_it_follows_in_the_post(chat):
+    text = ("In SGD:\n\n$$W_{t+1} = W_t - \\eta g_t - \\eta \\lambda W_t$$\n\nDecay is uniform across parameters.\n\n"
+            "In Adam:\n\n$$W_{t+1} = W_t - \\frac{\\eta}{\\sqrt{v_t}} (m_t + \\lambda W_t)$$\n\n"
+            "**Why does it matter?**\n\n$$a = b + c + d + e$$")
+    # "In SGD:" and "In Adam:" are too short to be sentences; a formula after a heading is no sentence either
+    assert answer_sentences(text) == ["In SGD: $$W_{t+1} = W_t - \\eta g_t - \\eta \\lambda W_t$$",
+                                      "Decay is uniform across parameters.",
+                                      "In Adam: $$W_{t+1} = W_t - \\frac{\\eta}{\\sqrt{v_t}} (m_t + \\lambda W_t)$$"]
+    # seen in the browser: Adam's formula, without its "In Adam:", was quoted after "Decay is uniform across
+    # parameters.", which is about SGD
+    answer = chat.ask("explain adam vs adamw like im 5")
+    assert not answer.refused and "parameters. [1] $$" not in answer.answer, answer.answer
 
 
 def test_a_sentence_that_points_to_a_link_is_not_quoted(chat):
