@@ -26,6 +26,8 @@ from .text import sentences as split_sentences
 log = logging.getLogger(__name__)
 
 CITATION_MARK = re.compile(r"\[(\d+)\]")
+# a display formula and the citation links (answer_markdown's) that follow it
+FORMULA_THEN_LINKS = re.compile(r'(\$\$[^$]+\$\$)\s*((?:\[\\\[\d+\\\]\]\(#source-[^\s)]+ "[^"]*"\)\s*)+)')
 # Private-use characters the posts never contain: where a highlight starts (one per class) and ends, and
 # where a formula sits while the Markdown around it is rendered.
 _END, _FORMULA_OPEN, _FORMULA_CLOSE = "\ue001", "\ue002", "\ue003"
@@ -259,7 +261,10 @@ def answer_markdown(turn: dict, index: int) -> str:
         title = escape(preview).replace('"', "'").replace("\\", "\\\\")
         return f'[\\[{c["n"]}\\]](#source-{index}-{c["n"]}-{k} "{title}")'
 
-    body = CITATION_MARK.sub(link, text)
+    # a display formula is a block of its own: the [n] after it would open the next line, as if it cited the
+    # sentence that follows, so it goes before the formula, at the end of the words that lead into it
+    body = FORMULA_THEN_LINKS.sub(lambda m: f"{m[2].rstrip()} {m[1]}{m[2][len(m[2].rstrip()):]}",
+                                  CITATION_MARK.sub(link, text))
     if not turn.get("done", True) and turn.get("pending"):
         # the sentence the model is still writing: shown apart until the check keeps, replaces or drops it
         body += (" " if body else "") + f"_{escape(turn['pending'])}…_"

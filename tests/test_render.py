@@ -84,6 +84,20 @@ def test_a_citation_links_to_its_local_card_with_a_preview():
     assert "href='https://example.com/p/rf#oob' target='_blank'" in html
 
 
+def test_a_citation_after_a_display_formula_goes_before_it():
+    # seen in the browser: the formula is a block, and the [1] after it opened the next line as if it cited the
+    # sentence after it
+    text = "AdamW fixes this by decoupling decay:\n\n$$W_{t+1} = W_t - \\eta \\lambda W_t$$\n\nDecay is scaled by v."
+    quoted = ["AdamW fixes this by decoupling decay: $$W_{t+1} = W_t - \\eta \\lambda W_t$$", "Decay is scaled by v."]
+    answer = f"{quoted[0]} [1] {quoted[1]} [1]"
+    md = render.answer_markdown(turn(answer=answer, citations=[{**turn()["citations"][0], "text": text,
+                                                                "supporting": quoted}]), 0)
+    links = re.findall(r"\[\\\[1\\\]\]\(#source-0-1-(\d) ", md)
+    assert links == ["0", "1"], md  # each [1] still opens its own sentence in the Sources panel
+    assert re.match(r'AdamW fixes this by decoupling decay: \[\\\[1\\\]\]\(#source-0-1-0 "[^"]*"\) \$\$W_\{t\+1\}[^$]*\$\$ '
+                    r'Decay is', md), md
+
+
 def test_a_refusal_says_when_the_post_filter_caused_it():
     refused = turn(refused=True, answer="The posts don't cover this.", citations=[], post_title="Random Forest",
                    elsewhere=[{"post_title": "Clustering", "section": "Intro > Q2. How does DBSCAN work?"}],
