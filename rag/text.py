@@ -150,12 +150,34 @@ def line_before(text: str, part: str) -> str:
     return lines[-1] if lines else ""
 
 
+FENCE = re.compile(r"^[ \t]*```.*$", re.M)
+# a line of code: an assignment or a call, braces, a statement keyword, or indented like a block body
+CODE_LINE = re.compile(r"[=;{}]|\w\(|^\s{4,}\S|^\s*(?:def|return|for|if|while|function|class|import)\b")
+
+
+def _codeish(segments: list[str]) -> float:
+    lines = [line for seg in segments for line in seg.splitlines() if line.strip()]
+    return sum(bool(CODE_LINE.search(line)) for line in lines) / len(lines) if lines else 0.0
+
+
+def without_code(text: str) -> str:
+    """`text` without its fenced code blocks: code is no sentence to quote ("left_child = build_tree(left_data,
+    depth + 1)." was an answer). A chunk may start or end inside a block, so one fence can lack its twin: the
+    segments that look more like code are taken for the code."""
+    if "```" not in text:
+        return text
+    parts = FENCE.split(text)
+    starts_in_code = len(parts) % 2 == 0 and _codeish(parts[0::2]) > _codeish(parts[1::2])
+    return "\n\n".join(p for i, p in enumerate(parts) if i % 2 == int(starts_in_code))
+
+
 def answer_sentences(text: str) -> list[str]:
     """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
     list, not a fragment cut inside bold text or left after a formula ("where τ is a temperature."), not a
     pointer to a link. A sentence that leads into a formula comes with it ("... weight updates take the form
     $$...$$"), and so does a short label ("In Adam: $$...$$"); a formula after anything else is no sentence."""
     out = []
+    text = without_code(text)
     parts = sentences(text)
     items = list_items(text)
     i = 0
@@ -204,20 +226,30 @@ def list_labels(text: str) -> dict[str, str]:
     """Sentence -> the label of the list it is an item of: quoted alone, "Works only when sparse features are
     informative and clean" loses that it is about AdaBoost. A label is a short line that is no sentence, bold
     or not ("**Boosting**", "AdaBoost"); one ending in a colon ("Net effect:") labels a list within the one
-    before it ("AdaBoost — Net effect"). A paragraph ends both; a question, a line longer than LABEL_WORDS
-    words or one ending in a comma ("So,", which leads into the list) is no label."""
+    before it ("AdaBoost — Net effect"), and so does a list item for the items nested under it ("Each leaf shows:").
+    A paragraph ends them; a question, a line longer than LABEL_WORDS words or one ending in a comma ("So,",
+    which leads into the list) is no label."""
     labels: dict[str, str] = {}
     title = sub = None
+    parent: tuple[int, str] | None = None  # (indent, text) of an item that ends in a colon: its nested items' label
     for line in text.splitlines():
         bare = line.replace("*", "").strip()
         if not bare:
             continue
         if LIST_MARKER.match(line):
-            label = " — ".join(x for x in (title, sub) if x)
+            indent = len(line) - len(line.lstrip())
+            if parent and indent <= parent[0]:
+                parent = None
+            label = parent[1] if parent else " — ".join(x for x in (title, sub) if x)
             if label:
                 for sentence in sentences(line):
                     labels.setdefault(sentence, label)
-        elif len(bare.split()) <= LABEL_WORDS and not bare.endswith((".", "!", "?", "$$", ",", ";")):
+            item = LIST_MARKER.sub("", line).replace("*", "").strip()
+            if item.endswith(":") and len(item.split()) <= LABEL_WORDS and not parent:
+                parent = (indent, item.rstrip(":").strip())  # "- Each leaf shows:" over "  - the predicted class"
+            continue
+        parent = None
+        if len(bare.split()) <= LABEL_WORDS and not bare.endswith((".", "!", "?", "$$", ",", ";")):
             if bare.endswith(":"):
                 sub = bare.rstrip(":").strip()
             else:

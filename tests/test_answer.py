@@ -1,6 +1,7 @@
 """Answers with the real embedder and generator over a real index: citations, refusals, follow-ups, bad input."""
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -180,6 +181,32 @@ def test_a_formula_follows_only_the_sentence_it_follows_in_the_post(chat):
     # parameters.", which is about SGD
     answer = chat.ask("explain adam vs adamw like im 5")
     assert not answer.refused and "parameters. [1] $$" not in answer.answer, answer.answer
+
+
+def test_code_is_never_quoted(chat):
+    # a chunk cut inside a code block: its one fence closes the block
+    cut = ("left_child = build_tree(left_data, depth + 1)\n    right_child = build_tree(right_data, depth + 1)\n\n"
+           "    return decision_node(best_feature, best_threshold, left_child, right_child)\n```\n\n"
+           "A tree stops growing when every node is pure.")
+    assert answer_sentences(cut) == ["A tree stops growing when every node is pure."]
+    whole = ("Count how many samples belong to each class.\n\n```\ndef gini(labels):\n    total = len(labels)\n"
+             "    return 1.0 - sum(p ** 2 for p in probabilities)\n```\n\nSum the squares and subtract them from 1.")
+    assert answer_sentences(whole) == ["Count how many samples belong to each class.",
+                                       "Sum the squares and subtract them from 1."]
+    # seen in the CLI: "left_child = build_tree(left_data, depth + 1)." and "P = count / total." were answers
+    for question in ("how to implement a decision tree from scratch", "how do you compute gini impurity in code"):
+        answer = chat.ask(question)
+        assert not answer.refused and not re.search(r"\w\(|=", answer.answer), answer.answer
+
+
+def test_an_item_that_ends_in_a_colon_labels_the_items_nested_under_it():
+    text = ("You interpret a decision tree **top-down**:\n\n- Each internal node shows:\n\n"
+            "  - the feature used for splitting\n  - the split condition\n- Each branch corresponds to a decision "
+            "outcome\n- Each leaf shows:\n\n  - the predicted class or value\n\nEvery path reads as a rule.")
+    labels = list_labels(text)
+    assert labels["the feature used for splitting"] == "Each internal node shows"
+    assert labels["the predicted class or value"] == "Each leaf shows"
+    assert labels["Each branch corresponds to a decision outcome"] == "You interpret a decision tree top-down"
 
 
 def test_a_sentence_that_points_to_a_link_is_not_quoted(chat):
