@@ -128,21 +128,26 @@ class Vocabulary:
         return out
 
     def correction(self, word: str) -> str | None:
-        """A misspelt word's spelling in the posts ("xaiver" -> "xavier"): one edit (transpositions count one)
-        from a word the posts use at least twice, for words of five letters or more that are neither in the posts
-        nor common English."""
+        """A misspelt word's spelling in the posts ("xaiver" -> "xavier"): one edit (transpositions count one),
+        not of the first letter, from a word the posts use at least twice, for words of five letters or more that
+        are neither in the posts nor common English."""
         if len(word) < 5 or not word.isalpha() or self.known(word) or english_zipf(word) >= RARE_ZIPF:
             return None
         from rapidfuzz import process
         from rapidfuzz.distance import OSA
 
-        frequent = self._frequent()
-        hit = process.extractOne(word, frequent, scorer=OSA.distance, score_cutoff=1)
+        # with its first letter: people rarely mistype it, and a word one letter longer or different at the start
+        # is mostly another term ("qlora", "nadam", "vprediction": not "lora", "adam", "prediction")
+        hit = process.extractOne(word, self._frequent().get(word[0], []), scorer=OSA.distance, score_cutoff=1)
         return hit[0] if hit else None
 
-    def _frequent(self) -> list[str]:
+    def _frequent(self) -> dict[str, list[str]]:
+        """The words the posts use at least twice, by first letter."""
         if not hasattr(self, "_frequent_words"):
-            self._frequent_words = [w for w, n in self.words.items() if n >= 2 and len(w) >= 4 and w.isalpha()]
+            self._frequent_words: dict[str, list[str]] = {}
+            for w, n in self.words.items():
+                if n >= 2 and len(w) >= 4 and w.isalpha():
+                    self._frequent_words.setdefault(w[0], []).append(w)
         return self._frequent_words
 
 

@@ -151,6 +151,10 @@ def test_vocabulary_knows_the_posts_words_joined_up_and_inflected():
     assert VOCAB.spelled_out("kmeans") == "k-means"
     assert VOCAB.spelled_out("xaiver") == "xavier"  # one transposition from a word the posts use twice
     assert VOCAB.spelled_out("lora") is None  # four letters: too short to guess
+    # a different or extra first letter is mostly another term, not a typo: QLoRA, NAdam, RAdam are no LoRA, Adam
+    vocab = Vocabulary(["LoRA trains low-rank factors; Adam adapts step sizes.", "LoRA with Adam fine-tunes cheaply."])
+    assert vocab.spelled_out("qlora") is None and vocab.spelled_out("nadam") is None
+    assert vocab.spelled_out("radam") is None and vocab.spelled_out("adamm") == "adam"
     assert VOCAB.spelled_out("variance") is None  # already the posts' spelling
 
 
