@@ -244,7 +244,7 @@ def list_labels(text: str) -> dict[str, str]:
             if label:
                 for sentence in sentences(line):
                     labels.setdefault(sentence, label)
-            item = LIST_MARKER.sub("", line).replace("*", "").strip()
+            item = _plain(line)
             if item.endswith(":") and len(item.split()) <= LABEL_WORDS and not parent:
                 parent = (indent, item.rstrip(":").strip())  # "- Each leaf shows:" over "  - the predicted class"
             continue
