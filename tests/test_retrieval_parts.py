@@ -158,6 +158,14 @@ def test_vocabulary_knows_the_posts_words_joined_up_and_inflected():
     assert VOCAB.spelled_out("variance") is None  # already the posts' spelling
 
 
+def test_an_english_derivation_of_a_posts_word_is_no_unknown_term():
+    vocab = Vocabulary(["The objective is specified first. A cheap model, a costly one.", "Compute the features."])
+    assert all(vocab.derived(w) for w in ("unspecified", "cheaply", "costlier", "precompute"))
+    assert not vocab.derived("qlora") and not vocab.derived("bonferroni") and not vocab.derived("reformer")
+    # "unspecified" says how, "bonferroni" names something the posts do not cover
+    assert vocab.rare_unknown("unspecified objective, bonferroni correction?") == ["bonferroni"]
+
+
 def test_a_clipped_word_is_completed_only_when_the_posts_complete_it_one_way():
     vocab = Vocabulary(["BPE merges pairs until the vocabulary is full.", "Convolution layers share weights.",
                         "Training reaches convergence sooner with momentum.", "Information gain picks the split."])
