@@ -39,7 +39,8 @@ SENTENCE_SECTIONS = 3
 # Zipf frequency (log10 per billion words) under which an English word counts as rare: everyday words such as
 # "weird" (4.8) or "choke" (3.7) lie above it, technical terms such as "lstm" (1.7) or "hashing" (2.6) below.
 RARE_ZIPF = 3.5
-# English derivational affixes: (suffix, what the stem ended in before it) as in "costlier" <- "costly"
+# English derivational affixes (Vocabulary.derived); a suffix comes with what its word ended in before it:
+# "costlier" <- "costly"
 PREFIXES = ("un", "re", "pre", "mis", "non", "over", "under", "de")
 SUFFIXES = (("ly", ""), ("ier", "y"), ("ness", ""), ("able", ""))
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -119,8 +120,8 @@ class Vocabulary:
 
     def derived(self, word: str) -> bool:
         """An English derivation of a word the posts use: a prefix ("unspecified", "precompute", "mislabeling") or
-        a suffix ("cheaply", "costlier") on a known word of at least five letters. Such a word says how, not
-        what: it names nothing the posts lack."""
+        a suffix ("cheaply", "costlier") on a known word of at least five letters (four before a suffix). Such a
+        word says how, not what: it names nothing the posts lack."""
         return (any(word.startswith(p) and len(word) - len(p) >= 5 and self.known(word[len(p):]) for p in PREFIXES)
                 or any(word.endswith(s) and len(word) - len(s) >= 4 and self.known(word[:-len(s)] + back)
                        for s, back in SUFFIXES))
