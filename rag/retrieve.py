@@ -71,6 +71,17 @@ def _heading_variants(section: str) -> list[str]:
     return [_heading(section), *questions] if len(questions) > 1 else [_heading(section)]
 
 
+# headings of the parts of a post that are about the post rather than a topic
+ASIDE_HEADINGS = re.compile(r"(introduction|conclusions?|summary|overview|final thoughts|closing thoughts|wrapping up"
+                            r"|wrap-up|key takeaways|takeaways|tl;?dr)[.:!]?", re.I)
+
+
+def is_aside(section: str, post_title: str) -> bool:
+    """A post's untitled opening (its section path is the title) or its introduction or conclusion: a heading of
+    its own, not a parent of questions ("Introduction > Q1. ..." is a question)."""
+    return section.strip() == post_title.strip() or bool(ASIDE_HEADINGS.fullmatch(section.strip()))
+
+
 def _section_text(members: list, section_no: int, max_words: int) -> str:
     """A section's own text, then its subsections (with their headings) while they fit in max_words:
     an answer often sits in a sub-part of the question whose heading the user's words match."""
@@ -252,7 +263,8 @@ class Retriever:
         w = self.settings.heading_weight
         top = minmax({key: fused[ids[0]] for key, ids in groups.items()})
         heading = dict(zip(keys, heads.tolist()))
-        score = {key: top[key] + w * heading[key] for key in keys}
+        aside = {key: is_aside(chunks[groups[key][0]].section, chunks[groups[key][0]].post_title) for key in keys}
+        score = {key: top[key] + w * heading[key] - self.settings.aside_penalty * aside[key] for key in keys}
         best = {key: groups[key] for key in sorted(keys, key=lambda key: -score[key])[:k]}
         dates = index.post_dates()
         passages = []

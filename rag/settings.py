@@ -61,6 +61,9 @@ class Settings:
     followup_sentence_weight: float = 0.7
     followup_margin: float = 0.02  # a possible follow-up is joined when that is this much likelier covered
     heading_weight: float = 0.3  # bonus for a section whose heading matches the question
+    # a post's opening and closing sections talk about the post ("This blog curates ..."), not a topic: they rank
+    # this much lower, so "what is a loss function" is answered from a section about loss functions
+    aside_penalty: float = 0.3
     coverage_model: Path | None = PROJECT_DIR / "rag" / "coverage_model.json"  # `rag calibrate` writes it
     refusal_threshold: float = 0.49  # without a coverage model: the best dense or heading cosine must reach it
     suggest_similarity: float = 0.35  # a refusal offers the nearest sections when one is at least this similar

@@ -15,6 +15,7 @@ from rag.modes import as_sentence, ranked_sentences, section_sentences
 from rag.text import bold_leads, cited_sentences, list_labels, sentences
 from rag.eval.evaluate import written_share
 from rag.indexer import update_index
+from rag.retrieve import is_aside
 
 from .conftest import run_rag, write_feed
 
@@ -36,6 +37,18 @@ def test_covered_question_cites_the_right_section(chat):
     for s in sentences(a.answer):  # extractive answers are passage sentences
         assert supported(s, top.text)
     assert set(a.timings) == {"retrieve", "first_token", "total"}
+
+
+@pytest.mark.parametrize("question", ["what is a loss function", "what are optimizers"])
+def test_a_basic_question_is_answered_from_a_topic_not_the_posts_introduction(chat, question):
+    # the Introduction and Conclusion of the post named by the question match its words best ("This blog
+    # curates high-quality interview questions on loss functions"), yet say nothing about the topic
+    a = chat.ask(question)
+    assert not a.refused
+    assert all(c.section not in ("Introduction", "Conclusion") for c in a.citations), a.answer
+    assert "blog" not in a.answer.lower() and "interview" not in a.answer.lower(), a.answer
+    assert is_aside("Conclusion", "Any post") and is_aside("Optimizers: Q&A", "Optimizers: Q&A")
+    assert not is_aside("Introduction > Q1. How does K-Means++ initialization improve standard K-Means?", "x")
 
 
 def test_two_part_question_is_answered_from_both_sections(chat):
