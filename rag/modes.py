@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
-from .text import (CITATION, FORMULA, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula, list_items,
-                   list_labels, stems, unquoted)
+from .text import (CITATION, FORMULA, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula,
+                   item_leads, list_items, list_labels, stems, unquoted)
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
@@ -54,7 +54,8 @@ def labelled(context: list["Passage"], picked: list[tuple[int, str]]) -> list[st
         lead = bold_leads(context[n].context).get(s)
         if label and (n, label) != last and label.lower() not in s.lower():
             s = f"{label} — {s}" if s.split(" ", 1)[0].endswith(":") else f"{label}: {s}"
-        elif lead and LEANS_BACK.match(s):  # "They assume ..." under "**Gaussian Mixture Models take ...**"
+        elif lead and (LEANS_BACK.match(s) or s in item_leads(context[n].context)):  # "They assume ..." under
+            # "**Gaussian Mixture Models take ...**", any sentence under "• **Silhouette score**" ("Measures ...")
             s = f"{lead.rstrip('.:!?')}: {s}"  # one sentence, so that its citation covers the lead too
         out.append(s)
         last = (n, label) if label else None

@@ -40,7 +40,8 @@ _TRAILING_MARKS = re.compile(r"((?:\s*\[\d+\])+)\s*\.?\s*$")
 _STOP_AFTER_MARKS = re.compile(r"([.!?])((?:\s*\[\d+\])+)\s*\.")  # "impact. [1]." (a model's habit)
 _FORMULA_MARKS = re.compile(r"(\$\$(?:\s*\[\d+\])+)[ \t]+")  # "$$...$$ [1] Next": the formula ends there
 LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
-PSEUDO_HEADING = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")  # a bold line that labels what follows
+# a bold line that labels what follows, also as a bullet ("• **Silhouette score**" over "Measures how close ...")
+PSEUDO_HEADING = re.compile(r"^\s*(?:[-*+•]\s+)?\*\*[^*]+\*\*:?\s*$")
 LABEL_WORDS = 6
 # a sentence opening with one of these leans on the sentence before it ("This makes Adam fast and robust"):
 # quoted without that sentence it reads as a non sequitur
@@ -264,19 +265,28 @@ def bold_leads(text: str) -> dict[str, str]:
     """The first sentence of a paragraph under a bold line -> that line without its bold marks ("They assume
     data is generated from a mixture of Gaussians ..." -> "Gaussian Mixture Models take yet another view."). The
     sentence before it in the text belongs to the topic before the bold line, and "They" means this one."""
-    leads: dict[str, str] = {}
-    heading = None
+    return {sentence: heading for sentence, heading, _ in _leads(text)}
+
+
+def item_leads(text: str) -> dict[str, str]:
+    """The same, for a bold line that is a list item naming a term ("• **Silhouette score**" over "Measures how
+    close a point is ..."): a list of terms, each explained by the paragraph under it. Quoted, such a sentence
+    needs the term whatever its first word."""
+    return {sentence: heading for sentence, heading, item in _leads(text) if item}
+
+
+def _leads(text: str):
+    heading, item = None, False
     for line in text.splitlines():
         if not line.strip():
             continue
         if PSEUDO_HEADING.match(line):
-            heading = line.replace("*", "").strip()
+            heading, item = LIST_MARKER.sub("", line).replace("*", "").strip(), bool(LIST_MARKER.match(line))
             continue
         first = sentences(line)[:1] if heading and not LIST_MARKER.match(line) else []
         if first:
-            leads[first[0]] = heading
+            yield first[0], heading, item
         heading = None
-    return leads
 
 
 @lru_cache(maxsize=1024)

@@ -12,7 +12,7 @@ from rag.conversation import QuestionError
 from rag.grounding import supported
 from rag.text import answer_sentences
 from rag.modes import as_sentence, ranked_sentences, section_sentences
-from rag.text import bold_leads, cited_sentences, list_labels, sentences
+from rag.text import bold_leads, cited_sentences, item_leads, list_labels, sentences
 from rag.eval.evaluate import written_share
 from rag.indexer import update_index
 from rag.retrieve import is_aside
@@ -128,6 +128,18 @@ def test_a_paragraph_under_a_bold_line_is_about_what_the_line_says(chat):
     answer = chat.ask("whats a gmm")
     assert "Gaussian Mixture Models take yet another view: They assume" in answer.answer, answer.answer
     assert "DBSCAN also struggles" not in answer.answer, answer.answer
+
+
+def test_a_paragraph_under_a_bulleted_term_says_which_term_it_explains(chat):
+    text = ("There is no single metric.\n\n• **Silhouette score**\nMeasures how close a point is to its cluster. "
+            "It favors round clusters.\n\n**Interview signal:**\nSay what you measure.")
+    assert item_leads(text) == {"Measures how close a point is to its cluster.": "Silhouette score"}
+    assert bold_leads(text)["Say what you measure."] == "Interview signal:"
+    # seen in the CLI: "how to evaluate clustering" listed "Measures how close a point is to its own cluster
+    # compared to other clusters." without saying that this is the silhouette score
+    answer = chat.ask("how to evaluate clustering")
+    assert "Silhouette score: Measures how close a point" in answer.answer, answer.answer
+    assert "] Measures how close" not in answer.answer and not answer.answer.startswith("Measures")
 
 
 def test_a_quoted_list_item_reads_as_a_sentence():
