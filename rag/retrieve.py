@@ -111,6 +111,15 @@ SHORTHAND = {
     "bn": "batch normalization", "dpo": "direct preference optimization",
     "nan": "missing values", "nans": "missing values", "err": "error", "init": "initialization",
     "feats": "features", "dims": "dimensions", "params": "parameters", "hyperparams": "hyperparameters",
+    # common ML chat shorthand that no post writes (2026-12-06: four dev paraphrases were refused for "ctx",
+    # "vals", "xgb"/"col" and "lr"; the rest written from usage, not from questions)
+    "xgb": "XGBoost", "lr": "learning rate", "logreg": "logistic regression", "linreg": "linear regression",
+    "nn": "neural network", "nns": "neural networks", "rnn": "recurrent neural network", "vals": "values",
+    "val": "validation", "col": "column", "cols": "columns", "ctx": "context", "seq": "sequence",
+    "emb": "embedding", "embs": "embeddings", "attn": "attention", "ce": "cross-entropy", "gd": "gradient descent",
+    "bs": "batch size", "hp": "hyperparameter", "hps": "hyperparameters", "hparams": "hyperparameters",
+    "mle": "maximum likelihood", "fp": "false positive", "fps": "false positives", "fn": "false negative",
+    "fns": "false negatives", "regularisation": "regularization", "optimiser": "optimizer",
 }
 _SHORTHAND = re.compile(r"\b(" + "|".join(sorted(map(re.escape, SHORTHAND), key=len, reverse=True)) + r")\b", re.I)
 _QUERY_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
