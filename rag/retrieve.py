@@ -15,7 +15,7 @@ from .embedder import embed, load_embedder
 from .fusion import get_fusion, minmax
 from .index import Index, LiveIndex
 from .settings import Settings
-from .text import answer_sentences
+from .text import labelled_sentences
 
 
 @dataclass
@@ -220,7 +220,7 @@ class Retriever:
     def decide(self, index: Index, query: str, qvec: np.ndarray,
                passages: list[Passage]) -> tuple[bool, float, dict]:
         """Covered or not, the confidence it was decided on, and the signals (rag.coverage)."""
-        sentences = [s for p in passages[:SENTENCE_SECTIONS] for s in answer_sentences(p.text)]
+        sentences = [s for p in passages[:SENTENCE_SECTIONS] for s in labelled_sentences(p.text)]
         best_sentence = float((self.sentence_vectors(sentences) @ qvec[0]).max()) if sentences else 0.0
         signals = features(query, passages, self.vocabulary(index), best_sentence)
         if self.coverage is not None:

@@ -289,6 +289,18 @@ def _leads(text: str):
         heading = None
 
 
+def labelled_sentences(text: str) -> list[str]:
+    """`answer_sentences` with the term each is about, when a list label or a bulleted bold term names it
+    ("Ward's linkage: Minimizes the increase in within-cluster variance"): alone, the sentence does not say
+    what it defines, and a question naming the term finds it only with its label."""
+    labels = {**item_leads(text), **list_labels(text)}
+    out = []
+    for s in answer_sentences(text):
+        label = labels.get(s)
+        out.append(f"{label.rstrip('.:!?')}: {s}" if label and label.lower() not in s.lower() else s)
+    return out
+
+
 @lru_cache(maxsize=1024)
 def list_items(text: str) -> frozenset[str]:
     """The sentences of `text` that are items of a list ("- Is stable for sequence modeling")."""
