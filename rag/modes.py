@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .errors import RagError
 from .text import (CITATION, FORMULA, LEANS_BACK, answer_sentences, bold_leads, cited_sentences, is_formula,
-                   item_leads, list_items, list_labels, stems, unquoted)
+                   item_leads, labelled_sentences, list_items, list_labels, stems, unquoted)
 
 if TYPE_CHECKING:  # only for type names: importing answer here would be circular
     from .answer import Chat, Plan
@@ -33,13 +33,14 @@ def ranked_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passag
     """(passage index, sentence, similarity to the question): the best-ranked section's sentences first, most
     similar first, then the other sections'. The question's vector comes with the retrieval (for a follow-up, one
     leaning to its own words: Retrieval.answer_vector)."""
-    candidates = [(n, s) for n, p in enumerate(context) for s in answer_sentences(p.context)]
+    candidates = [(n, s, said) for n, p in enumerate(context)
+                  for s, said in zip(answer_sentences(p.context), labelled_sentences(p.context))]
     if not candidates:
         return []
     vector = retrieval.answer_vector if retrieval.answer_vector is not None else retrieval.query_vector
-    # a sentence quoted with its formula is compared by its words: LaTeX only blurs what it says
-    sims = chat.retriever.sentence_vectors([FORMULA.sub("", s).strip() or s for _, s in candidates]) @ vector[0]
-    return sorted(((n, s, float(x)) for (n, s), x in zip(candidates, sims)), key=lambda t: (t[0] > 0, -t[2]))
+    # compared with the term it defines ("Ward's linkage: Minimizes ..."), and by its words: LaTeX only blurs
+    sims = chat.retriever.sentence_vectors([FORMULA.sub("", c).strip() or c for *_, c in candidates]) @ vector[0]
+    return sorted(((n, s, float(x)) for (n, s, _), x in zip(candidates, sims)), key=lambda t: (t[0] > 0, -t[2]))
 
 
 def labelled(context: list["Passage"], picked: list[tuple[int, str]]) -> list[str]:

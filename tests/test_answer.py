@@ -140,6 +140,10 @@ def test_a_paragraph_under_a_bulleted_term_says_which_term_it_explains(chat):
     answer = chat.ask("how to evaluate clustering")
     assert "Silhouette score: Measures how close a point" in answer.answer, answer.answer
     assert "] Measures how close" not in answer.answer and not answer.answer.startswith("Measures")
+    # seen in the browser: "whats ward linkage" quoted single and average linkage, not the sentence under
+    # "• **Ward's linkage**": compared with the question without its term, it matched nothing
+    answer = chat.ask("whats ward linkage")
+    assert "Ward’s linkage: Minimizes the increase in within-cluster variance" in answer.answer, answer.answer
 
 
 def test_a_quoted_list_item_reads_as_a_sentence():
