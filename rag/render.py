@@ -100,9 +100,15 @@ def find_span(text: str, sentence: str) -> tuple[int, int] | None:
     words = sentence.replace("**", "").removesuffix(".").split()
     if not words:
         return None
-    gap = r"(?:\s|\*\*)+"
-    m = re.search(gap.join(re.escape(w) for w in words), text)
+    m = re.search(SPAN_GAP.join(re.escape(w) for w in words), text)
+    if m is None and "," in sentence:  # a list quoted as one sentence (text.joined_lists): its items' commas
+        m = re.search(SPAN_GAP.join(re.escape(w.rstrip(",")) for w in words), text)
     return m.span() if m else None
+
+
+# what may stand between two words of a quoted sentence in its passage: space and bold marks, and for a list
+# quoted as one sentence, the commas that replaced its line breaks and the list markers
+SPAN_GAP = r"(?:\s|\*\*|,|(?<=\n)[ \t]*(?:[-*+>•]|\d+[.)])(?=\s))+"
 
 
 # ------------------------------------------------------------------ Markdown + formulas -> HTML

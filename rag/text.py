@@ -43,6 +43,7 @@ LIST_MARKER = re.compile(r"^\s*(?:[-*+>•]|\d+[.)])\s+")
 # a bold line that labels what follows, also as a bullet ("• **Silhouette score**" over "Measures how close ...")
 PSEUDO_HEADING = re.compile(r"^\s*(?:[-*+•]\s+)?\*\*[^*]+\*\*:?\s*$")
 LABEL_WORDS = 6
+LIST_LABEL_WORDS = 8  # a line leading into a list ("Because alignment is sufficient for:") may run longer
 # a sentence opening with one of these leans on the sentence before it ("This makes Adam fast and robust"):
 # quoted without that sentence it reads as a non sequitur
 LEANS_BACK = re.compile(r"^\W*(?:this|these|that|those|it|its|they|their|such|so|thus|where|therefore|hence|however|"
@@ -172,13 +173,37 @@ def without_code(text: str) -> str:
     return "\n\n".join(p for i, p in enumerate(parts) if i % 2 == int(starts_in_code))
 
 
+def joined_lists(text: str) -> str:
+    """`text` with each list of short items under a label written as one line ("Controls:" over "• Tree depth",
+    "• Learning rate", "• Regularization parameters (λ,γ)" -> "Controls: Tree depth, Learning rate,
+    Regularization parameters (λ,γ)."): each item alone is too short to quote, yet together they answer
+    "which params control overfitting". Only when every item is short: a list of sentences stays a list."""
+    lines = text.splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        label = _plain(lines[i])
+        items = []
+        for line in lines[i + 1:]:
+            if not LIST_MARKER.match(line):
+                break
+            items.append(_plain(line))
+        if (not LIST_MARKER.match(lines[i]) and label.endswith(":") and len(label.split()) <= LIST_LABEL_WORDS
+                and len(items) >= 2 and all(0 < len(x.split()) < 5 and not x.endswith(":") for x in items)):
+            out.append(f"{label} {', '.join(x.rstrip('.;,') for x in items)}.")
+            i += 1 + len(items)
+            continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)
+
+
 def answer_sentences(text: str) -> list[str]:
     """Passage sentences that can stand alone in an answer: not headings or questions, not lead-ins to a
     list, not a fragment cut inside bold text or left after a formula ("where τ is a temperature."), not a
     pointer to a link. A sentence that leads into a formula comes with it ("... weight updates take the form
     $$...$$"), and so does a short label ("In Adam: $$...$$"); a formula after anything else is no sentence."""
     out = []
-    text = without_code(text)
+    text = joined_lists(without_code(text))
     parts = sentences(text)
     items = list_items(text)
     i = 0

@@ -238,6 +238,22 @@ def test_an_item_that_ends_in_a_colon_labels_the_items_nested_under_it():
     assert labels["Each branch corresponds to a decision outcome"] == "You interpret a decision tree top-down"
 
 
+def test_a_list_of_short_items_is_quoted_as_one_sentence(chat):
+    text = ("Same regularization mechanisms as the classifier.\n\nControls:\n• Tree depth\n• Learning rate\n"
+            "• Regularization parameters (λ,γ)\n\nWhat happens:\n- Predictions may remain accurate today\n"
+            "- Individual coefficients lose their meaning entirely")
+    assert answer_sentences(text) == ["Same regularization mechanisms as the classifier.",
+                                      "Controls: Tree depth, Learning rate, Regularization parameters (λ,γ).",
+                                      "Predictions may remain accurate today",  # items that are sentences stay
+                                      "Individual coefficients lose their meaning entirely"]
+    # seen in the browser: the answer gave "Same regularization mechanisms as XGBoost classifier." and left out
+    # the list that names them, each item too short to quote
+    a = chat.ask("xgb keeps overfitting, which params do i touch")
+    assert "Controls: Tree depth, Learning rate, Regularization parameters" in a.answer, a.answer
+    for s, marks in cited_sentences(a.answer):
+        assert marks and supported(s, a.citations[0].text), s
+
+
 def test_a_sentence_that_points_to_a_link_is_not_quoted(chat):
     text = ("Decay is scaled by the gradient history in Adam.\n\nFor more better intuition please read: "
             "[AdamW](https://dshandbook.substack.com/i/182422830/adamw)\n- [How does the algorithm handle missing "

@@ -50,6 +50,19 @@ def test_highlights_cross_bold_and_list_items_and_stay_well_formed():
     assert "<mark class='support' data-k='0'>Agglomerative clustering leads to a time complexity of</mark>" in html
 
 
+def test_a_list_quoted_as_one_sentence_is_highlighted_over_its_items():
+    quoted = ["Controls: Tree depth, Learning rate, Regularization (λ,γ)."]  # text.joined_lists
+    text = "Same mechanisms.\n\n**Controls:**\n• Tree depth\n• Learning rate\n• Regularization (λ,γ)\n\nNext."
+    (span,) = render.evidence_spans(text, quoted)  # the posts' bullets: lines of one paragraph
+    assert text[span[0]:span[1]] == "Controls:**\n• Tree depth\n• Learning rate\n• Regularization (λ,γ)"
+    text = "Same mechanisms.\n\nControls:\n\n- Tree depth\n- Learning rate\n- Regularization (λ,γ)\n\nNext."
+    (span,) = render.evidence_spans(text, quoted)  # a Markdown list: one mark in each item
+    html = render.markdown_html(text, [(*span, "support")])
+    marks = re.findall(r"<mark class='support' data-k='0'>(.*?)</mark>", html, flags=re.S)
+    assert [m.strip() for m in marks] == ["Controls:", "Tree depth", "Learning rate", "Regularization (λ,γ)"], html
+    assert html.count("<li>") == 3 and all("<" not in m for m in marks)  # still a list, marks well formed
+
+
 def test_a_paraphrased_sentence_is_matched_to_the_passage_sentence_it_rests_on():
     text = "Bagging trains models on bootstrap samples. Boosting trains models one after another on the errors."
     (span,) = render.evidence_spans(text, ["Boosting fits models sequentially on the errors of earlier ones."])
