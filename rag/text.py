@@ -314,11 +314,11 @@ def _leads(text: str):
         heading = None
 
 
-def labelled_sentences(text: str) -> list[str]:
-    """`answer_sentences` with the term each is about, when a list label or a bulleted bold term names it
-    ("Ward's linkage: Minimizes the increase in within-cluster variance"): alone, the sentence does not say
-    what it defines, and a question naming the term finds it only with its label."""
-    labels = {**item_leads(text), **list_labels(text)}
+def labelled_sentences(text: str, lists: bool = True) -> list[str]:
+    """`answer_sentences` with the term each is about, when a bulleted bold term (or with `lists`, a list label)
+    names it ("Ward's linkage: Minimizes the increase in within-cluster variance"): alone, the sentence does not
+    say what it defines, and a question naming the term finds it only with its label."""
+    labels = {**item_leads(text), **(list_labels(text) if lists else {})}
     out = []
     for s in answer_sentences(text):
         label = labels.get(s)

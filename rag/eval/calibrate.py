@@ -30,7 +30,7 @@ THRESHOLDS = np.round(np.arange(0.02, 0.981, 0.01), 2)
 FALSE_REFUSAL_COST = 2.0
 COSINES = np.round(np.arange(0.20, 0.701, 0.01), 2)
 SEED = 20261204
-REPEATS = 5
+REPEATS = 20
 
 
 def signals(ev: Evaluator, questions: list[dict], second_look: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
