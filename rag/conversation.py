@@ -14,6 +14,9 @@ from .text import content_words, words
 # (docs/eval.md, "after an unrelated turn").
 FOLLOWUP_START = re.compile(r"^(and|also|what about|how about|what if|same for|and for|and what|and how|and why)\b",
                             re.I)
+# words that carry a conversation on: a question with one may depend on the answer before it, and is joined to it
+# only when alone it is not covered (they open complete questions too, so they are no FOLLOWUP_START)
+GOES_ON = re.compile(r"^\W*(?:(?:ok|okay)\W+)?(so|then|but)\b|\b(though|tho|then|too|instead)\W*$", re.I)
 # "why?", "how so?", "why not?", "how come?": a question that is only that asks about the answer before it
 # ("who are you?" has no content word either, and is no follow-up)
 BARE_WHY = re.compile(r"^\W*(why|how)(\s+(so|not|exactly|come|then))?\W*$", re.I)
@@ -142,8 +145,9 @@ def _points_back(question: str) -> bool:
 
 
 def _may_follow(question: str) -> bool:
-    """Worded like a possible follow-up: it points back, or it has three content words or fewer."""
-    return _points_back(question) or len(content_words(question)) <= 3
+    """Worded like a possible follow-up: it points back, it goes on from the answer before ("so i can skip a
+    validation set?", "how's fan-in computed for conv layers though?"), or it has three content words or fewer."""
+    return _points_back(question) or bool(GOES_ON.search(question)) or len(content_words(question)) <= 3
 
 
 def social(text: str) -> bool:

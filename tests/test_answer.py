@@ -329,6 +329,11 @@ def test_followup_uses_the_conversation(chat):
     kv = chat.ask("whats the downside memory-wise?", [["how does a kv cache speed up decoding?",
                                                        "Keys and values of earlier tokens are kept."]])
     assert not kv.refused and "KV Cache" in kv.citations[0].section, kv.answer
+    # "so ... then?" goes on from the answer before: not covered alone, it is joined to the out-of-bag question
+    oob = [["what's out-of-bag error?", "Predictions from the trees that did not see a sample."]]
+    so = chat.ask("so do i still need cross validation then?", oob)
+    assert not so.refused and "Out-of-Bag" in so.citations[0].section, so.answer
+    assert chat.ask("so how do i bake sourdough?", oob).refused  # and not when it names nothing of the posts
 
 
 def test_a_follow_ups_sentences_are_chosen_by_what_it_asks(chat):
