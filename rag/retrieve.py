@@ -119,7 +119,8 @@ SHORTHAND = {
     "emb": "embedding", "embs": "embeddings", "attn": "attention", "ce": "cross-entropy", "gd": "gradient descent",
     "bs": "batch size", "hp": "hyperparameter", "hps": "hyperparameters", "hparams": "hyperparameters",
     "mle": "maximum likelihood", "fp": "false positive", "fps": "false positives", "fn": "false negative",
-    "fns": "false negatives", "regularisation": "regularization", "optimiser": "optimizer",
+    "fns": "false negatives", "conv": "convolutional", "convnet": "convolutional network",
+    "regularisation": "regularization", "optimiser": "optimizer",
 }
 _SHORTHAND = re.compile(r"\b(" + "|".join(sorted(map(re.escape, SHORTHAND), key=len, reverse=True)) + r")\b", re.I)
 _QUERY_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")

@@ -285,6 +285,9 @@ def test_chat_shorthand_is_spelled_out_for_retrieval(chat):
     assert expand_shorthand("kNN vs SVM") == "kNN vs SVM"  # the posts' own abbreviations stay
     assert expand_shorthand("xgb lr, val loss") == "xgb (XGBoost) lr (learning rate), val (validation) loss"
     assert expand_shorthand("a valid col") == "a valid col (column)"  # whole words only
+    # "conv" is no clipped word the posts complete (it begins "convolution" and "convergence"), but in chat it is
+    # the layer: "how's fan-in computed for conv layers though?" after an initialization question was refused
+    assert expand_shorthand("conv layers") == "conv (convolutional) layers"
     a = chat.ask("does naive bayes choke on NaNs or nah?")
     assert not a.refused, a.answer  # "NaNs" alone is too far from the posts' "missing values"
     assert any("missing" in c.section.lower() and "Naive Bayes" in c.section for c in a.citations), a.citations
