@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RagError
-from .text import STOPWORDS, content_words, stem, stems, words
+from .text import SHORTHAND, STOPWORDS, content_words, stem, stems, words
 
 FEATURES = ("dense", "heading", "sentence", "dense_gap", "top_term_share", "log_words", "rare_unknown",
             "rare_share")
@@ -44,7 +44,7 @@ RARE_ZIPF = 3.5
 PREFIXES = ("un", "re", "pre", "mis", "non", "over", "under", "de")
 SUFFIXES = (("ly", ""), ("ier", "y"), ("ness", ""), ("able", ""))
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-_SPELLED_OUT = re.compile(r"[A-Za-z0-9]+ \((?=[^()]*\))")
+_SPELLED_OUT = re.compile(r"([A-Za-z0-9]+) \((?=[^()]*\))")
 
 
 @lru_cache(maxsize=65536)
@@ -113,10 +113,16 @@ class Vocabulary:
         ("lgbm (LightGBM)", rag.retrieve.spell_out), or half of a term the posts write joined up ("rms" of
         "rms norm", RMSNorm), does not count."""
         halves = {w for pair in self.joined_pairs(text) for w in pair[:2]}
-        text = _SPELLED_OUT.sub("", text)
+        # a note rag.retrieve.spell_out wrote, not the user's own "(...)": "DoRA (weight-decomposed low-rank
+        # adaptation)" still names something the posts never mention
+        text = _SPELLED_OUT.sub(lambda m: "" if self.noted(m.group(1)) else m.group(0), text)
         own = content_words(text)
         return [w for w in dict.fromkeys(words(text)) if w in own and w not in halves and not w.isdigit()
                 and not self.known(w) and not self.derived(w) and english_zipf(w) < RARE_ZIPF]
+
+    def noted(self, word: str) -> bool:
+        """Whether rag.retrieve.spell_out writes its spelling next to `word`."""
+        return word.lower() in SHORTHAND or self.spelled_out(word) is not None
 
     def derived(self, word: str) -> bool:
         """An English derivation of a word the posts use: a prefix ("unspecified", "precompute", "mislabeling") or
