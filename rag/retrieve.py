@@ -76,6 +76,12 @@ ASIDE_HEADINGS = re.compile(r"(introduction|conclusions?|summary|overview|final 
                             r"|wrap-up|key takeaways|takeaways|tl;?dr)[.:!]?", re.I)
 
 
+# a question about a post itself ("what does the optimizers post cover?", "summarize the random forest post"): the
+# opening and closing sections are what answers it
+ABOUT_A_POST = re.compile(r"\bsummar(?:y|ize|ise)\b|\b(?:post|blog|article)s?\b(?!-)(?:\s+(?:talk|go|is|all))?\s+(?:about|covers?|"
+                          r"discuss(?:es)?)\b", re.I)
+
+
 def is_aside(section: str, post_title: str) -> bool:
     """A post's untitled opening (its section path is the title) or its introduction or conclusion: a heading of
     its own, not a parent of questions ("Introduction > Q1. ..." is a question)."""
@@ -182,7 +188,7 @@ class Retriever:
         cos = {i: max(c.get(i, -1.0) for _, c in scored) for _, c in scored for i in c}
         qvec = vectors.mean(axis=0, keepdims=True)
         qvec /= np.linalg.norm(qvec)
-        passages = self._sections(index, fused, cos, max(k, DECISION_SECTIONS), qvec)
+        passages = self._sections(index, fused, cos, max(k, DECISION_SECTIONS), qvec, query)
         covered, confidence, signals = self.decide(index, queries[-1], vectors[-1:], passages)
         return Retrieval(queries[-1], passages[:k], covered, confidence, time.perf_counter() - start, vectors[-1:],
                          self._answer_vector(vectors), signals, bool(context))
@@ -240,7 +246,7 @@ class Retriever:
         return np.array([cache[t] for t in texts])
 
     def _sections(self, index: Index, fused: dict[int, float], cos: dict[int, float], k: int,
-                  qvec: np.ndarray) -> list[Passage]:
+                  qvec: np.ndarray, query: str = "") -> list[Passage]:
         ranked = sorted(fused, key=lambda i: -fused[i])
         chunks = index.chunks(ranked)
         groups: dict[tuple[str, int], list[int]] = {}
@@ -252,8 +258,9 @@ class Retriever:
         w = self.settings.heading_weight
         top = minmax({key: fused[ids[0]] for key, ids in groups.items()})
         heading = dict(zip(keys, heads.tolist()))
+        penalty = 0.0 if ABOUT_A_POST.search(query) else self.settings.aside_penalty
         aside = {key: is_aside(chunks[groups[key][0]].section, chunks[groups[key][0]].post_title) for key in keys}
-        score = {key: top[key] + w * heading[key] - self.settings.aside_penalty * aside[key] for key in keys}
+        score = {key: top[key] + w * heading[key] - penalty * aside[key] for key in keys}
         best = {key: groups[key] for key in sorted(keys, key=lambda key: -score[key])[:k]}
         dates = index.post_dates()
         passages = []

@@ -49,6 +49,9 @@ def test_a_basic_question_is_answered_from_a_topic_not_the_posts_introduction(ch
     assert "blog" not in a.answer.lower() and "interview" not in a.answer.lower(), a.answer
     assert is_aside("Conclusion", "Any post") and is_aside("Optimizers: Q&A", "Optimizers: Q&A")
     assert not is_aside("Introduction > Q1. How does K-Means++ initialization improve standard K-Means?", "x")
+    # a question about a post itself is what its introduction answers
+    summary = chat.ask("summarize the random forest post")
+    assert not summary.refused and summary.citations[0].section == "Introduction", summary.answer
 
 
 def test_two_part_question_is_answered_from_both_sections(chat):
