@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from itertools import takewhile
 
 import blingfire
 import snowballstemmer
@@ -204,16 +205,12 @@ def joined_lists(text: str) -> str:
     out, i = [], 0
     while i < len(lines):
         label = _plain(lines[i])
-        items = []
-        for line in lines[i + 1:]:
-            if not LIST_MARKER.match(line):
-                break
-            items.append(_plain(line))
-        if (not LIST_MARKER.match(lines[i]) and label.endswith(":") and len(label.split()) <= LIST_LABEL_WORDS
-                and len(items) >= 2 and all(0 < len(x.split()) < 5 and not x.endswith(":") for x in items)):
-            out.append(f"{label} {', '.join(x.rstrip('.;,') for x in items)}.")
-            i += 1 + len(items)
-            continue
+        if not LIST_MARKER.match(lines[i]) and label.endswith(":") and len(label.split()) <= LIST_LABEL_WORDS:
+            items = [_plain(line) for line in takewhile(LIST_MARKER.match, lines[i + 1:])]  # only after a label
+            if len(items) >= 2 and all(0 < len(x.split()) < 5 and not x.endswith(":") for x in items):
+                out.append(f"{label} {', '.join(x.rstrip('.;,') for x in items)}.")
+                i += 1 + len(items)
+                continue
         out.append(lines[i])
         i += 1
     return "\n".join(out)

@@ -27,6 +27,7 @@ from rag.chunking import Chunker
 from rag.feed import FeedError, Post, html_to_markdown, parse_feed, read_feed
 from rag.index import CURRENT_FILE, Index, IndexUnavailable, current_generation
 from rag.indexer import update_index
+from rag.text import answer_sentences
 from rag.embedder import embed, load_embedder
 from rag.settings import DEFAULT_FEED, PROJECT_DIR, Settings
 
@@ -350,6 +351,15 @@ def test_huge_and_empty_inputs():
     for empty in (b"", b"   ", rss([]), rss([("t", "g", "")]), rss([("", "", "<p>x</p>")])):
         with pytest.raises(FeedError):
             parse_feed(empty)
+
+
+@pytest.mark.timeout(60)  # a bound on a hang, not a speed target: this takes about 2 s, quadratically 2 min
+def test_a_section_that_is_one_long_list_is_quoted_from():
+    # a post may be one list of thousands of items: answer_sentences reads each section of every answer, and
+    # looking ahead for a list's label from every item made this quadratic (5,000 items took 7 s)
+    items = "\n".join(f"- step {i} of the very long procedure" for i in range(20_000))
+    sentences = answer_sentences(f"Steps:\n{items}\n\nShort items:\n" + "\n".join(f"- x{i}" for i in range(20_000)))
+    assert len(sentences) == 20_001 and sentences[-1].startswith("Short items: x0, x1, x2")
 
 
 def test_deeply_nested_html_is_a_clear_error():
