@@ -33,8 +33,7 @@ def ranked_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passag
     """(passage index, sentence, similarity to the question): the best-ranked section's sentences first, most
     similar first, then the other sections'. The question's vector comes with the retrieval (for a follow-up, one
     leaning to its own words: Retrieval.answer_vector)."""
-    candidates = [(n, s, said) for n, p in enumerate(context)
-                  for s, said in zip(answer_sentences(p.context), labelled_sentences(p.context, lists=False))]
+    candidates = [(n, s, said) for n, p in enumerate(context) for s, said in labelled_sentences(p.context, lists=False)]
     if not candidates:
         return []
     vector = retrieval.answer_vector if retrieval.answer_vector is not None else retrieval.query_vector

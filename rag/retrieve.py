@@ -78,8 +78,9 @@ ASIDE_HEADINGS = re.compile(r"(introduction|conclusions?|summary|overview|final 
 
 # a question about a post itself ("what does the optimizers post cover?", "summarize the random forest post"): the
 # opening and closing sections are what answers it
-ABOUT_A_POST = re.compile(r"\bsummar(?:y|ize|ise)\b|\b(?:post|blog|article)s?\b(?!-)(?:\s+(?:talk|go|is|all))?\s+(?:about|covers?|"
-                          r"discuss(?:es)?)\b", re.I)
+ABOUT_A_POST = re.compile(r"\bsummar(?:y|ize|ise)\b"
+                          r"|\b(?:post|blog|article)s?\b(?!-)(?:\s+(?:talk|go|is|all))?"
+                          r"\s+(?:about|covers?|discuss(?:es)?)\b", re.I)
 
 
 def is_aside(section: str, post_title: str) -> bool:
@@ -206,7 +207,7 @@ class Retriever:
     def decide(self, index: Index, query: str, qvec: np.ndarray,
                passages: list[Passage]) -> tuple[bool, float, dict]:
         """Covered or not, the confidence it was decided on, and the signals (rag.coverage)."""
-        sentences = [s for p in passages[:SENTENCE_SECTIONS] for s in labelled_sentences(p.text)]
+        sentences = [said for p in passages[:SENTENCE_SECTIONS] for _, said in labelled_sentences(p.text)]
         best_sentence = float((self.sentence_vectors(sentences) @ qvec[0]).max()) if sentences else 0.0
         signals = features(query, passages, self.vocabulary(index), best_sentence)
         if self.coverage is not None:

@@ -325,7 +325,7 @@ def _leads(text: str):
         if not line.strip():
             continue
         if PSEUDO_HEADING.match(line):
-            heading, item = LIST_MARKER.sub("", line).replace("*", "").strip(), bool(LIST_MARKER.match(line))
+            heading, item = _plain(line), bool(LIST_MARKER.match(line))
             continue
         first = sentences(line)[:1] if heading and not LIST_MARKER.match(line) else []
         if first:
@@ -333,15 +333,16 @@ def _leads(text: str):
         heading = None
 
 
-def labelled_sentences(text: str, lists: bool = True) -> list[str]:
-    """`answer_sentences` with the term each is about, when a bulleted bold term (or with `lists`, a list label)
-    names it ("Ward's linkage: Minimizes the increase in within-cluster variance"): alone, the sentence does not
-    say what it defines, and a question naming the term finds it only with its label."""
+def labelled_sentences(text: str, lists: bool = True) -> list[tuple[str, str]]:
+    """Each of `answer_sentences`, and the same with the term it is about in front when a bulleted bold term (or
+    with `lists`, a list label) names it ("Ward's linkage: Minimizes the increase in within-cluster variance"):
+    alone, the sentence does not say what it defines, and a question naming the term finds it only with its
+    label."""
     labels = {**item_leads(text), **(list_labels(text) if lists else {})}
     out = []
     for s in answer_sentences(text):
         label = labels.get(s)
-        out.append(f"{label.rstrip('.:!?')}: {s}" if label and label.lower() not in s.lower() else s)
+        out.append((s, f"{label.rstrip('.:!?')}: {s}" if label and label.lower() not in s.lower() else s))
     return out
 
 
