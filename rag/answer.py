@@ -18,6 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
+from .catalog import PostOutline, catalog_reply, post_outlines
 from .conversation import check_history, check_k, check_question, follow_up, has_pronoun, polite_reply, social
 from .coverage import DECISION_SECTIONS
 from .errors import RagError
@@ -95,6 +96,14 @@ class Chat:
         self._generator = None
         # greedy decoding gives a query the same sketch every time: a repeat (the eval, a regenerate) is free
         self._sketch = functools.lru_cache(maxsize=256)(self._write_sketch)
+        self._outlines: tuple[str, list[PostOutline]] = ("", [])
+
+    def outlines(self) -> list[PostOutline]:
+        """The posts of the index being served, with their questions (rebuilt when `rag index` switches it)."""
+        index = self.retriever.index
+        if self._outlines[0] != index.generation:
+            self._outlines = (index.generation, post_outlines(index))
+        return self._outlines[1]
 
     @property
     def generator(self):
@@ -247,6 +256,10 @@ class Chat:
         if retrieval is None and social(plan.question):  # "thanks, that helps": nothing to search for
             yield self._reply_politely(Answer(plan.question, plan.question, mode=plan.mode), start)
             return
+        if retrieval is None and (reply := catalog_reply(plan.question, self.outlines(), plan.post)):
+            # "what topics do you cover?", "summarize the clustering post": the posts' own list, not a search
+            yield self._describe_posts(Answer(plan.question, plan.question, mode=plan.mode), reply, start)
+            return
         retrieval = retrieval or self.retrieve(plan)
         mode = get_mode(plan.mode)
         answer = Answer(plan.question, retrieval.query, passages=retrieval.passages, mode=mode.name)
@@ -315,6 +328,16 @@ class Chat:
         to the eval and the API: no section answers it)."""
         answer.refused = True
         answer.answer = polite_reply(answer.question)
+        answer.timings["retrieve"] = 0.0
+        answer.timings["first_token"] = answer.timings["total"] = time.perf_counter() - start
+        answer.done = True
+        return answer
+
+    def _describe_posts(self, answer: Answer, reply, start: float) -> Answer:
+        """The posts' titles or one post's questions, each post cited by its opening section (no model)."""
+        answer.answer = reply.text
+        answer.citations = [Citation(n, o.title, o.url, o.opening, o.opening_text, o.date)
+                            for n, o in enumerate(reply.cited, 1)]
         answer.timings["retrieve"] = 0.0
         answer.timings["first_token"] = answer.timings["total"] = time.perf_counter() - start
         answer.done = True

@@ -18,6 +18,7 @@ from functools import lru_cache
 from markdown_it import MarkdownIt
 
 from .answer import NOT_COVERED
+from .catalog import VAGUE
 from .chunking import section_title
 from .grounding import overlap
 from .text import FORMULA
@@ -380,8 +381,6 @@ def about_markdown(manifest: dict, generation: str, model: str) -> str:
             f"language model {model}. Everything runs on this machine.")
 
 
-_VAGUE = re.compile(r"\b(?:we|our|us|you|your|it|its|this|these|they|the (?:algorithm|model|method|approach|"
-                    r"problem|system|data|above|following))\b", re.I)
 
 
 def example_questions(sections: list[tuple[str, str]], post_words: dict[str, set[str]], posts_in_order: list[str],
@@ -406,7 +405,7 @@ def example_questions(sections: list[tuple[str, str]], post_words: dict[str, set
         tokens = re.findall(r"[a-z0-9][a-z0-9+\-]*", q.lower())
         long_words = [w for w in q.split()[1:] if len(w) > 3 and w[0].isalpha()]
         title_case = long_words and sum(w[0].isupper() for w in long_words) / len(long_words) > 0.6
-        vague = _VAGUE.search(q)
+        vague = VAGUE.search(q)
         if (4 <= len(tokens) <= 14 and not title_case and not vague
                 and any(spread.get(w, 0) and spread[w] <= 2 and len(w) > 2 for w in tokens)):
             per_post.setdefault(guid, []).append(q)

@@ -1,0 +1,162 @@
+"""What the posts are: their titles and interview questions, for a question about the posts themselves.
+
+"what topics do you cover?" or "summarize the random forest post" asks for no section's content, so searching
+the sections for it finds nothing to answer with (both were refused). Such a question is answered from the
+index's own list of posts and their headings instead:
+
+    outlines = post_outlines(index)                 # every post, its link, opening text and questions
+    reply = catalog_reply(question, outlines, post)  # a Reply, or None: search the posts as usual
+
+A question that names a post *and* something else ("does the random forest post cover boosting?") is about
+content, and is searched as usual.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .practice import is_question_heading
+from .retrieve import is_aside
+from .text import SHORTHAND, content_words, stem, stems
+
+# the most questions one post's outline lists: more is a page, not a chat answer (the post's link has the rest)
+OUTLINE_QUESTIONS = 12
+# a closing line the posts give a heading of its own ("THANKS FOR READING…"): no part of the post's outline
+_CLOSING = re.compile(r"\s*thanks for reading\W*$", re.I)
+# words that leave a heading to its post ("How does DPO fix this?", "How does the algorithm handle missing
+# data?"): such a question is no example to show apart from it
+VAGUE = re.compile(r"\b(?:we|our|us|you|your|it|its|this|these|they|the (?:algorithm|model|method|approach|"
+                   r"problem|system|data|above|following))\b", re.I)
+# the longest question an overview quotes as a post's example (a longer one makes the list hard to scan)
+EXAMPLE_CHARS = 70
+
+# a question about the collection as a whole, and nothing else (anchored at both ends: "what do you know
+# about dropout" asks about dropout)
+_ABOUT_THE_POSTS = re.compile(r"""^(?:please\s+)?(?:
+      (?:so\s+)?what\s+(?:topics|subjects|posts|articles|areas|questions|things|stuff|kind\s+of\s+(?:questions|topics|things))
+          \s+(?:do|can|does)\s+(?:you|the\s+(?:posts|blog|bot))\s+(?:cover|know|have|answer|handle|discuss|include)(?:\s+about)?
+    | what\s+(?:can|could|should)\s+i\s+ask(?:\s+you)?(?:\s+about)?
+    | what\s+(?:can|do)\s+you\s+(?:do|cover|know|answer|help(?:\s+me)?\s+with)
+    | what\s+(?:do|does)\s+(?:the\s+)?(?:posts|blog|handbook)\s+cover
+    | what\s+is\s+(?:covered|in\s+the\s+(?:posts|blog|index))
+    | (?:which|what)\s+(?:posts|articles|topics)\s+(?:are\s+there|do\s+you\s+have|are\s+(?:available|indexed|covered))
+    | (?:list|show)(?:\s+me)?\s+(?:all\s+)?(?:the\s+|your\s+)?(?:posts|topics|articles)
+    | what\s+is\s+(?:this|the)\s+(?:blog|bot|chatbot|handbook|site|app)\s+(?:about|for)
+    | help
+    )$""", re.X)
+# a question about one post: its name is whatever else it says ("summarize the clustering post")
+_ABOUT_A_POST = re.compile(r"^(?:summar(?:y|ize|ise)|overview|outline|tl\s?;?\s?dr)\b"
+                           r"|\b(?:post|article)\b(?!-)", re.I)  # not "post-LN"
+_OUTLINE_WORDS = re.compile(r"\b(?:summar\w*|overview|outline|tl\s?;?\s?dr|what\s+is\s+in|cover\w*|about|questions?|"
+                            r"contain\w*|discuss\w*|go(?:es)?\s+over|topics?|ask(?:s|ed)?|list)\b")
+# words of a question about a post that do not name it
+_META = frozenset(stem(w) for w in """post posts article articles blog summary summarize summarise summarized
+    overview outline tldr tl dr cover covers covered covering question questions interview topic topics discuss
+    discusses contain contains talk talks go goes say says list give quick short brief ask asks asked""".split())
+
+
+@dataclass(frozen=True)
+class PostOutline:
+    guid: str
+    title: str
+    url: str
+    date: str
+    opening: str  # heading path of the post's first section (what a citation of the post points to)
+    opening_text: str  # that section's text
+    headings: tuple[str, ...]  # what the post is made of: its interview questions, or its headings where it has none
+    questions: int  # how many of the headings are interview questions
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str  # Markdown, with [n] marks for `cited`
+    cited: tuple[PostOutline, ...]
+
+
+def post_outlines(index) -> list[PostOutline]:
+    """Every post of the index, newest first, with the headings it is made of: for each section, the first
+    interview question on its heading path, else its top heading (introductions and conclusions left out)."""
+    headings: dict[str, list[str]] = {}
+    for guid, section in index.sections():
+        headings.setdefault(guid, []).append(section)
+    first: dict[str, object] = {}
+    for c in index.all_chunks():  # in reading order: a post's first chunk opens it
+        first.setdefault(c.post_guid, c)
+    out = []
+    for p in index.posts():
+        paths = headings.get(p.guid, [])
+        shown: dict[str, bool] = {}  # heading -> is an interview question, in reading order
+        for section in paths:
+            path = section.split(" > ")
+            asked = next((h for h in path if is_question_heading(h)), None)
+            heading = asked or path[0]
+            if not (is_aside(heading, p.title) or _CLOSING.match(heading)):
+                shown.setdefault(_plain_heading(heading), asked is not None)
+        c = first.get(p.guid)
+        out.append(PostOutline(p.guid, p.title, p.url, p.date, c.section if c else p.title, c.text if c else "",
+                               tuple(shown), sum(shown.values())))
+    return out
+
+
+def _plain_heading(heading: str) -> str:
+    """ "Q3: What is Out-of-Bag (OOB) error?" -> "What is Out-of-Bag (OOB) error?" """
+    return re.sub(r"^\s*(?:Q\s?\d+|\d+)\s*[.:)]\s*", "", heading).strip()
+
+
+def _normal(question: str) -> str:
+    q = question.lower().replace("’", "'").replace("‘", "'")
+    q = re.sub(r"\bwhat(?:'s|s)\b", "what is", q)
+    return " ".join(re.sub(r"[^\w';\s-]", " ", q).split()).strip(" '")
+
+
+def catalog_reply(question: str, outlines: list[PostOutline], post: str | None = None) -> Reply | None:
+    """The reply to a question about the posts themselves, or None for any other question. `post`: the
+    post the chat is filtered to ("what does this post cover?" is about it)."""
+    if not outlines:
+        return None
+    q = _normal(question)
+    if _ABOUT_THE_POSTS.match(q):
+        return overview(outlines)
+    if not (_ABOUT_A_POST.search(q) and _OUTLINE_WORDS.search(q)):
+        return None
+    topic = _topic(q)
+    if not topic:  # "summarize this post": the one the chat is filtered to, else say which there are
+        chosen = next((o for o in outlines if o.guid == post), None)
+        return outline(chosen) if chosen else overview(outlines)
+    named = [o for o in outlines if topic <= stems(o.title)]
+    return outline(named[0]) if len(named) == 1 else None
+
+
+def _topic(q: str) -> set[str]:
+    """The stems that name a post: the question's content words but the meta ones, shorthand spelled out."""
+    out = set()
+    for w in content_words(q):
+        out |= stems(SHORTHAND[w]) if w in SHORTHAND else {stem(w)}
+    return out - _META
+
+
+def overview(outlines: list[PostOutline]) -> Reply:
+    lines = [f"The posts cover {len(outlines)} topics:"]
+    for n, o in enumerate(outlines, 1):
+        example = next((f", e.g. “{h}”" for h in o.headings if h.endswith("?") and len(h) <= EXAMPLE_CHARS
+                        and not VAGUE.search(h)), "")
+        lines.append(f"- **{o.title}** ({_count(o)}{example}) [{n}]")
+    lines.append("\nAsk about any of them, or name a post (“what's in the clustering post?”) to see its questions.")
+    return Reply("\n".join(lines), tuple(outlines))
+
+
+def outline(o: PostOutline) -> Reply:
+    # "… and 2 more" would say less than the two questions themselves
+    shown = o.headings if len(o.headings) <= OUTLINE_QUESTIONS + 4 else o.headings[:OUTLINE_QUESTIONS]
+    lines = [f"**{o.title}** ({o.date[:10]}) has {_count(o)} [1]:"]
+    lines += [f"{n}. {q}" for n, q in enumerate(shown, 1)]
+    if len(o.headings) > len(shown):
+        lines.append(f"\n… and {len(o.headings) - len(shown)} more in the post.")
+    lines.append("\nAsk about any of them, or practise them in the Practice tab.")
+    return Reply("\n".join(lines), (o,))
+
+
+def _count(o: PostOutline) -> str:
+    n = len(o.headings)
+    return f"{n} interview question{'s' * (n != 1)}" if o.questions == n else f"{n} parts"

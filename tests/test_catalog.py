@@ -1,0 +1,78 @@
+"""Questions about the posts themselves ("what topics do you cover?", "summarize the clustering post"), answered from
+the real index's list of posts and headings; questions that name a post and a topic are still searched."""
+
+import pytest
+
+from rag import render
+from rag.answer import Chat
+from rag.catalog import catalog_reply, post_outlines
+
+
+@pytest.fixture(scope="module")
+def chat(full_index):
+    settings, _ = full_index
+    return Chat(settings.replace(answer_mode="extractive"))
+
+
+@pytest.mark.parametrize("question", ["what topics do you cover?", "What can I ask you?", "which posts do you have",
+                                      "help", "whats this bot about"])
+def test_asked_what_the_posts_cover_the_chat_lists_every_post(chat, question):
+    posts = chat.retriever.index.posts()
+    a = chat.ask(question)
+    assert not a.refused, a.answer  # it was "The posts don't cover this."
+    for p in posts:
+        assert p.title in a.answer
+    assert [c.url for c in a.citations] == [p.url for p in posts]  # one citation per post, in the list's order
+    assert all(f"[{c.n}]" in a.answer for c in a.citations)
+    assert a.generator is None and a.timings["total"] < 5
+    links = render.answer_markdown(render.turn_record(a, turn_id="t"), 0)
+    assert links.count("](#source-0-") == len(posts)  # each [n] opens its post's card in the Sources panel
+
+
+@pytest.mark.parametrize("question", ["summarize the clustering post", "whats in the clustering post?",
+                                      "what questions does the clustering article have"])
+def test_asked_about_one_post_the_chat_lists_its_questions(chat, question):
+    a = chat.ask(question)
+    assert not a.refused
+    assert [c.post_title for c in a.citations] == ["Clustering: Interview Questions & Answers"]
+    assert "How do you determine the optimal number of clusters in real datasets?" in a.answer
+    assert "Q2." not in a.answer and "Introduction" not in a.answer  # headings as questions, no asides
+    assert "has 18 interview questions" in a.answer and "… and 6 more in the post." in a.answer
+
+
+def test_a_post_is_named_by_its_topic_or_its_shorthand(chat):
+    rf = chat.ask("what's in the rf post").citations
+    assert [c.post_title for c in rf] == ["Random Forest: Interview Questions & Answers"]
+    init = chat.ask("what does the weight initialization post cover?")
+    assert "What happens if all weights are initialized to zero?" in init.answer
+    assert "THANKS FOR READING" not in init.answer  # a closing line is no part of the post
+    system = chat.ask("overview of the system design post")
+    assert system.citations[0].post_title == "How to Approach a Machine Learning System Design Interview"
+    assert "parts" in system.answer  # not all of its headings are interview questions
+
+
+def test_this_post_is_the_one_the_chat_is_filtered_to(chat):
+    guid = next(p.guid for p in chat.retriever.index.posts() if p.title.startswith("Optimizers"))
+    a = chat.ask("what does this post cover?", post=guid)
+    assert [c.post_title for c in a.citations] == ["Optimizers: Interview Questions & Answers"]
+    assert "Why does AdamW exist?" in a.answer
+    # with no post chosen, "this post" could be any of them: the chat says which there are
+    assert len(chat.ask("summarize this post").citations) == len(chat.retriever.index.posts())
+
+
+@pytest.mark.parametrize("question", ["does the random forest post cover boosting?",
+                                      "what does the random forest post say about out-of-bag error",
+                                      "what do you know about dropout", "what is post-ln about?",
+                                      "what can you tell me about k-means++"])
+def test_a_question_about_a_topic_is_no_question_about_the_posts(chat, question):
+    outlines = post_outlines(chat.retriever.index)
+    assert catalog_reply(question, outlines) is None
+    a = chat.ask(question)
+    assert a.refused or len(a.citations) < len(outlines) and "interview questions" not in a.answer
+
+
+def test_a_post_name_that_matches_no_post_or_several_is_searched(chat):
+    outlines = post_outlines(chat.retriever.index)
+    assert catalog_reply("summarize the xgboost post", outlines) is None  # no such post
+    assert catalog_reply("what's in the interview questions post", outlines).cited == tuple(outlines)  # all of them
+    assert catalog_reply("summarize the answers post", outlines) is None  # eight titles say "Answers": search
