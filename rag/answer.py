@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 from .catalog import PostOutline, catalog_reply, post_outlines
-from .conversation import check_history, check_k, check_question, follow_up, has_pronoun, polite_reply, social
+from .conversation import check_history, check_k, check_question, follow_up, has_pronoun, opens_on, polite_reply, social
 from .coverage import DECISION_SECTIONS
 from .errors import RagError
 from .grounding import best_support, supported
@@ -222,7 +222,7 @@ class Chat:
         alone = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
         if alone.signals.get("rare_unknown"):
             return alone  # it names something the posts never mention: not a follow-up
-        if alone.covered and not has_pronoun(plan.question):
+        if alone.covered and not (has_pronoun(plan.question) or opens_on(plan.question)):
             # short, but nothing points back and the posts answer it as asked: "why not just init everything to
             # zero" after a Xavier question has its own section, and joined it was answered about Xavier
             return alone

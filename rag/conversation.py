@@ -144,10 +144,21 @@ def _points_back(question: str) -> bool:
     return _asks_on(question) or (len(content_words(question)) <= PRONOUN_WORDS and has_pronoun(question))
 
 
+def goes_on(question: str) -> bool:
+    """Worded to go on from the answer before: "so which init should i use then?", "but why though?"."""
+    return bool(GOES_ON.search(question))
+
+
+def opens_on(question: str) -> bool:
+    """Opens by going on from the answer before: "so which init should i use then?", "but is it slower?"."""
+    m = GOES_ON.search(question)
+    return bool(m and m.group(1))
+
+
 def _may_follow(question: str) -> bool:
     """Worded like a possible follow-up: it points back, it goes on from the answer before ("so i can skip a
     validation set?", "how's fan-in computed for conv layers though?"), or it has three content words or fewer."""
-    return _points_back(question) or bool(GOES_ON.search(question)) or len(content_words(question)) <= 3
+    return _points_back(question) or goes_on(question) or len(content_words(question)) <= 3
 
 
 def social(text: str) -> bool:

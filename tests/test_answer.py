@@ -340,6 +340,13 @@ def test_followup_uses_the_conversation(chat):
     so = chat.ask("so do i still need cross validation then?", oob)
     assert not so.refused and "Out-of-Bag" in so.citations[0].section, so.answer
     assert chat.ask("so how do i bake sourdough?", oob).refused  # and not when it names nothing of the posts
+    # seen in the CLI: opening with "so", it goes on even when alone it is covered in another section ("init" is
+    # weight initialization alone); joined, the K-Means++ section is likelier
+    kmeans = [["how does k-means++ initialization work?", "It spreads out the initial centroids."]]
+    init = chat.ask("so which init should i use then?", kmeans)
+    assert not init.refused and "K-Means++" in init.citations[0].section, init.answer
+    assert "K-Means++" not in chat.ask("so which init should i use then?").citations[0].section
+    assert not chat.retrieve(chat.plan("so what is out-of-bag error?", kmeans)).joined  # a complete question
 
 
 def test_a_follow_ups_sentences_are_chosen_by_what_it_asks(chat):
