@@ -58,6 +58,9 @@ class Plan:
     k: int  # sections to retrieve
     fusion: str
     mode: str
+    more: bool = False  # it asks for more of the previous answer ("tell me more"): `previous` is searched as asked
+    said: str = ""  # what the previous answers said, which this one does not repeat ("tell me more", an example)
+    example: bool = False  # it asks for an example ("can you give an example?"): sentences that give one first
 
 
 @dataclass
@@ -142,7 +145,8 @@ class Chat:
         mode = get_mode(mode or self.settings.answer_mode).name
         follow = follow_up(question, turns)
         return Plan(question, follow and follow.previous, bool(follow and follow.explicit), post or None,
-                    check_k(k, self.settings.top_k), fusion or self.settings.fusion, mode)
+                    check_k(k, self.settings.top_k), fusion or self.settings.fusion, mode,
+                    bool(follow and follow.more), follow.said if follow else "", bool(follow and follow.example))
 
     def retrieve(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
         """The plan's search (`search`), and a second look when the posts seem not to cover it but retrieval is
@@ -213,6 +217,8 @@ class Chat:
         k, fusion = k or plan.k, fusion or plan.fusion
         if not plan.previous:
             return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
+        if plan.more:  # "tell me more": the question before, asked again (the answer leaves out what was said)
+            return replace(self.retriever.search(plan.previous, k, post=plan.post, fusion=fusion), joined=True)
         if plan.explicit:  # "and what are DBSCAN's weaknesses?": joined first, alone if joined it is not covered
             joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
             if joined.covered:

@@ -13,6 +13,7 @@ content, and is searched as usual.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ _ABOUT_THE_POSTS = re.compile(r"""^(?:please\s+)?(?:
     | what\s+is\s+(?:this|the)\s+(?:blog|bot|chatbot|handbook|site|app)\s+(?:about|for)
     | help
     )$""", re.X)
+# a request to be asked questions: practice mode does that, and grades the answers
+_QUIZ = re.compile(r"^(?:(?:can|could) you\s+|please\s+|let's\s+)?(?:quiz|test|drill|grill)\s+me(?:\s+(?:on|about)\s+(?P<topic>.+))?$"
+                   r"|^(?:(?:can|could) you\s+)?(?:ask|give)\s+me\s+(?:an?\s+|some\s+)?(?:interview\s+|practice\s+)?"
+                   r"questions?(?:\s+(?:on|about)\s+(?P<topic2>.+))?$")
 # a question about one post: its name is whatever else it says ("summarize the clustering post")
 _ABOUT_A_POST = re.compile(r"^(?:summar(?:y|ize|ise)|overview|outline|tl\s?;?\s?dr)\b"
                            r"|\b(?:post|article)\b(?!-)", re.I)  # not "post-LN"
@@ -118,6 +123,9 @@ def catalog_reply(question: str, outlines: list[PostOutline], post: str | None =
     q = _normal(question)
     if _ABOUT_THE_POSTS.match(q):
         return overview(outlines)
+    quiz = _QUIZ.match(q)
+    if quiz:
+        return practice_hint(quiz.group("topic") or quiz.group("topic2") or "", outlines, post)
     if not (_ABOUT_A_POST.search(q) and _OUTLINE_WORDS.search(q)):
         return None
     topic = _topic(q)
@@ -126,6 +134,28 @@ def catalog_reply(question: str, outlines: list[PostOutline], post: str | None =
         return outline(chosen) if chosen else overview(outlines)
     named = [o for o in outlines if topic <= stems(o.title)]
     return outline(named[0]) if len(named) == 1 else None
+
+
+def practice_hint(topic: str, outlines: list[PostOutline], post: str | None = None) -> Reply | None:
+    """ "quiz me on random forests": practice mode is what grades answers, so the reply points to it with one of
+    the posts' questions on that topic (a post whose title names it, else the heading sharing most of its
+    words). None when no question is about it: the chat searches the posts as usual."""
+    words = _topic(topic)
+    named = [o for o in outlines if words and words <= stems(o.title)] or [o for o in outlines if o.guid == post]
+    if named or not words:
+        o = named[0] if named else random.choice(outlines)
+        asked = [h for h in o.headings if h.endswith("?") and not VAGUE.search(h)] or list(o.headings)
+        pick = (o, random.choice(asked)) if asked else None
+    else:
+        scored = [(len(words & stems(h)), o, h) for o in outlines for h in o.headings]
+        best = max((t[0] for t in scored), default=0)
+        pick = random.choice([(o, h) for n, o, h in scored if n == best]) if best else None
+    if pick is None:
+        return None
+    o, asked = pick
+    return Reply(f"The **Practice** tab asks the posts' interview questions and grades your answers (in a terminal: "
+                 f"`rag practice`). One from *{o.title}* [1]:\n\n> {asked}\n\nAnswer it there to have it graded, "
+                 f"or ask me for the post's answer.", (o,))
 
 
 def _topic(q: str) -> set[str]:

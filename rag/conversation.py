@@ -20,6 +20,13 @@ GOES_ON = re.compile(r"^\W*(?:(?:ok|okay)\W+)?(so|then|but)\b|\b(though|tho|then
 # "why?", "how so?", "why not?", "how come?": a question that is only that asks about the answer before it
 # ("who are you?" has no content word either, and is no follow-up)
 BARE_WHY = re.compile(r"^\W*(why|how)(\s+(so|not|exactly|come|then))?\W*$", re.I)
+# a request for more of the answer before, or for an example of it: answered from the same sections, leaving out
+# what was already said ("tell me more" searched on its own was refused)
+MORE = re.compile(r"^\W*(?:tell me more|more|go on|continue|keep going|elaborate|say more|more (?:details?|info)|"
+                  r"anything else|what else|(?:can|could|would) you (?:elaborate|expand|say more|go deeper|explain more|"
+                  r"tell me more)(?: on (?:that|it|this))?)\W*(?:please\W*)?$", re.I)
+EXAMPLE = re.compile(r"^\W*(?:(?:can|could) you )?(?:give|show)(?: me)?(?: an?| some)? examples?\b"
+                     r"|^\W*(?:any |an )?examples?\W*$|^\W*for (?:example|instance)\W*$", re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
 # where a question's second clause starts: a pronoun after it refers inside the question ("what is the unit of
 # prediction and why does it matter?"), not to the turn before
@@ -99,6 +106,9 @@ def check_k(k, default: int) -> int:
 class FollowUp:
     previous: str  # the earlier question this one may depend on
     explicit: bool  # it starts like a follow-up ("and for DBSCAN?", "what about ..."): always joined to it
+    more: bool = False  # it asks for more of the answer before ("tell me more"): the previous question again
+    example: bool = False  # it asks for an example of it ("can you give an example?"), also a request for more
+    said: str = ""  # for "more" or an example: the answers given since `previous`, not to be quoted again
 
 
 def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
@@ -112,6 +122,9 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     previous = _subject(history)
     if previous is None:
         return None
+    if wants_more(question):
+        example = bool(EXAMPLE.match(POLITE_OPENING.sub("", question.strip())))
+        return FollowUp(previous, True, more=True, example=example, said=_said(history))
     if _asks_on(question):
         return FollowUp(previous, True)
     if social(question):
@@ -124,12 +137,28 @@ def _subject(history: list[tuple[str, str]]) -> str | None:
     before it when it pointed back to that one ("and its weaknesses?" after "is it slow on big data?"
     after "how does DBSCAN work?" is about DBSCAN). One step back only: a long chat of short questions would
     otherwise drag every earlier subject along."""
-    asked = [q for q, _ in history if not social(q)]
+    asked = [q for q, _ in history if not (social(q) or wants_more(q))]
     if not asked:
         return None
     if len(asked) > 1 and _points_back(asked[-1]):
         return f"{asked[-1]} {asked[-2]}"
     return asked[-1]
+
+
+def wants_more(question: str) -> bool:
+    """Asks for more of the answer before, or an example of it ("tell me more", "ok, give me an example")."""
+    asked = POLITE_OPENING.sub("", question.strip())
+    return bool(MORE.match(asked) or EXAMPLE.match(asked))
+
+
+def _said(history: list[tuple[str, str]]) -> str:
+    """The answers of the turns since the last real question (a second "tell me more" skips both answers)."""
+    said = []
+    for q, a in reversed(history):
+        said.append(a)
+        if not (social(q) or wants_more(q)):
+            break
+    return " ".join(reversed(said))
 
 
 def _asks_on(question: str) -> bool:
@@ -165,6 +194,8 @@ def social(text: str) -> bool:
     """Only polite words ("thanks!", "ok cool"), or a polite opening and no question ("thanks, that helps"): no
     question, and no subject for a follow-up to refer to (after "how does DBSCAN work?" and "thanks, that
     helps", "is it slow?" is about DBSCAN)."""
+    if wants_more(text):  # "thanks! tell me more"
+        return False
     own = content_words(text)
     if own and own <= SOCIAL:
         return True

@@ -8,10 +8,10 @@ import pytest
 
 from rag import render
 from rag.answer import NOT_COVERED, Chat
-from rag.conversation import QuestionError
+from rag.conversation import QuestionError, wants_more
 from rag.grounding import supported
 from rag.text import answer_sentences
-from rag.modes import as_sentence, ranked_sentences, section_sentences
+from rag.modes import NO_EXAMPLE, as_sentence, ranked_sentences, said_before, section_sentences
 from rag.text import bold_leads, cited_sentences, item_leads, list_labels, sentences
 from rag.eval.evaluate import written_share
 from rag.indexer import update_index
@@ -347,6 +347,32 @@ def test_followup_uses_the_conversation(chat):
     assert not init.refused and "K-Means++" in init.citations[0].section, init.answer
     assert "K-Means++" not in chat.ask("so which init should i use then?").citations[0].section
     assert not chat.retrieve(chat.plan("so what is out-of-bag error?", kmeans)).joined  # a complete question
+
+
+def test_asked_for_more_the_chat_goes_on_from_its_answer(chat):
+    # seen in the CLI: "tell me more" and "can you give an example?" after an answer were refused (searched alone)
+    question = "how does dbscan work"
+    first = chat.ask(question)
+    history = [[question, first.answer]]
+    more = chat.ask("thanks! tell me more", history)  # not a polite message: it asks for something
+    assert not more.refused and more.query == question, more.answer
+    assert more.citations[0].section == first.citations[0].section  # the same section, what it has not said yet
+    assert not any(said_before(s, first.answer) for s in sentences(more.answer)), more.answer
+    history.append(["thanks! tell me more", more.answer])
+    again = chat.ask("go on", history)  # about the first question still, repeating neither answer
+    assert not again.refused and again.query == question
+    assert not any(said_before(s, first.answer + more.answer) for s in sentences(again.answer)), again.answer
+    # an example is a sentence that gives one, first among those not said yet
+    gain = "what is the gain ratio and why was it introduced"
+    example = chat.ask("can you give an example?", [[gain, chat.ask(gain).answer]])
+    assert not example.refused and "For example, an ID or timestamp" in example.answer, example.answer
+    smoothing = "what is label smoothing"
+    turns = [[smoothing, chat.ask(smoothing).answer]]
+    turns.append(["tell me more", chat.ask("tell me more", turns).answer])
+    exhausted = chat.ask("give me an example", turns)  # the section has no example left, and no other gives one
+    assert not exhausted.refused and exhausted.answer == NO_EXAMPLE, exhausted.answer
+    assert all(wants_more(q) for q in ("tell me more", "Can you elaborate on that?", "more please", "any examples?"))
+    assert not any(wants_more(q) for q in ("more trees or deeper trees?", "what is an example of a proper scoring rule"))
 
 
 def test_a_follow_ups_sentences_are_chosen_by_what_it_asks(chat):

@@ -76,3 +76,17 @@ def test_a_post_name_that_matches_no_post_or_several_is_searched(chat):
     assert catalog_reply("summarize the xgboost post", outlines) is None  # no such post
     assert catalog_reply("what's in the interview questions post", outlines).cited == tuple(outlines)  # all of them
     assert catalog_reply("summarize the answers post", outlines) is None  # eight titles say "Answers": search
+
+
+def test_asked_to_be_quizzed_the_chat_points_to_practice_with_a_question_of_the_topic(chat):
+    # seen in the CLI: "quiz me on random forests" quoted how the trees are built
+    rf = chat.ask("quiz me on random forests")
+    assert not rf.refused and "Practice" in rf.answer
+    assert [c.post_title for c in rf.citations] == ["Random Forest: Interview Questions & Answers"]
+    outlines = {o.title: o for o in post_outlines(chat.retriever.index)}
+    asked = rf.answer.split("> ", 1)[1].split("\n", 1)[0]
+    assert asked in outlines["Random Forest: Interview Questions & Answers"].headings
+    kmeans = chat.ask("can you ask me some interview questions about k-means?")  # no post is named so
+    assert "K-Means" in kmeans.answer.split("> ", 1)[1] and kmeans.citations[0].post_title.startswith("Clustering")
+    assert not chat.ask("quiz me").refused  # any post
+    assert chat.ask("test me on dropout").refused  # no question is about it: searched, and not covered
