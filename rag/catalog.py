@@ -29,6 +29,8 @@ _CLOSING = re.compile(r"\s*thanks for reading\W*$", re.I)
 # data?"): such a question is no example to show apart from it
 VAGUE = re.compile(r"\b(?:we|our|us|you|your|it|its|this|these|they|the (?:algorithm|model|method|approach|"
                    r"problem|system|data|above|following))\b", re.I)
+# the most posts the overview lists (a feed of hundreds would fill the chat); the newest first
+OVERVIEW_POSTS = 20
 # the longest question an overview quotes as a post's example (a longer one makes the list hard to scan)
 EXAMPLE_CHARS = 70
 
@@ -85,9 +87,7 @@ def post_outlines(index) -> list[PostOutline]:
     headings: dict[str, list[str]] = {}
     for guid, section in index.sections():
         headings.setdefault(guid, []).append(section)
-    first: dict[str, object] = {}
-    for c in index.all_chunks():  # in reading order: a post's first chunk opens it
-        first.setdefault(c.post_guid, c)
+    first = index.openings()
     out = []
     for p in index.posts():
         paths = headings.get(p.guid, [])
@@ -167,13 +167,16 @@ def _topic(q: str) -> set[str]:
 
 
 def overview(outlines: list[PostOutline]) -> Reply:
-    lines = [f"The posts cover {len(outlines)} topics:"]
-    for n, o in enumerate(outlines, 1):
+    shown = outlines[:OVERVIEW_POSTS]  # newest first
+    lines = [f"The posts cover {len(outlines)} topics{' (the newest first)' if len(outlines) > len(shown) else ''}:"]
+    for n, o in enumerate(shown, 1):
         example = next((f", e.g. “{h}”" for h in o.headings if h.endswith("?") and len(h) <= EXAMPLE_CHARS
                         and not VAGUE.search(h)), "")
         lines.append(f"- **{o.title}** ({_count(o)}{example}) [{n}]")
+    if len(outlines) > len(shown):
+        lines.append(f"- … and {len(outlines) - len(shown)} older posts")
     lines.append("\nAsk about any of them, or name a post (“what's in the clustering post?”) to see its questions.")
-    return Reply("\n".join(lines), tuple(outlines))
+    return Reply("\n".join(lines), tuple(shown))
 
 
 def outline(o: PostOutline) -> Reply:

@@ -267,6 +267,16 @@ class Index:
         return [Chunk(*r[1:]) for r in self._query(
             f"{_CHUNK_COLUMNS} FROM chunks c JOIN posts p ON p.guid = c.post_guid ORDER BY c.post_guid, c.position")]
 
+    def openings(self) -> dict[str, Chunk]:
+        """Each post's first chunk (what a citation of the whole post shows), by post guid."""
+        rows = self._query(f"{_CHUNK_COLUMNS} FROM chunks c JOIN posts p ON p.guid = c.post_guid "
+                           "WHERE c.section_no = (SELECT min(section_no) FROM chunks WHERE post_guid = c.post_guid) "
+                           "ORDER BY c.post_guid, c.position")
+        out: dict[str, Chunk] = {}
+        for r in rows:
+            out.setdefault(r[1], Chunk(*r[1:]))
+        return out
+
     def sections(self) -> list[tuple[str, str]]:
         """(post guid, heading path) of every section, in reading order."""
         return self._query("SELECT post_guid, section FROM chunks GROUP BY post_guid, section_no "

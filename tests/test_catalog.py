@@ -5,7 +5,7 @@ import pytest
 
 from rag import render
 from rag.answer import Chat
-from rag.catalog import catalog_reply, post_outlines
+from rag.catalog import OVERVIEW_POSTS, PostOutline, catalog_reply, overview, post_outlines
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,13 @@ def test_asked_to_be_quizzed_the_chat_points_to_practice_with_a_question_of_the_
     assert "K-Means" in kmeans.answer.split("> ", 1)[1] and kmeans.citations[0].post_title.startswith("Clustering")
     assert not chat.ask("quiz me").refused  # any post
     assert chat.ask("test me on dropout").refused  # no question is about it: searched, and not covered
+
+
+def test_the_overview_of_a_large_feed_lists_the_newest_posts_only():
+    # pure formatting: a feed of hundreds of posts would fill the chat with one line each
+    posts = [PostOutline(f"g{n}", f"Post {n}", f"https://x/{n}", f"2026-01-{n % 28 + 1:02d}", "Intro", "text",
+                         ("What is it?",), 1) for n in range(30)]
+    reply = overview(posts)
+    assert len(reply.cited) == OVERVIEW_POSTS and reply.cited == tuple(posts[:OVERVIEW_POSTS])
+    assert "The posts cover 30 topics (the newest first)" in reply.text and "… and 10 older posts" in reply.text
+    assert f"[{OVERVIEW_POSTS}]" in reply.text and f"[{OVERVIEW_POSTS + 1}]" not in reply.text
