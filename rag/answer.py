@@ -262,7 +262,7 @@ class Chat:
         if retrieval is None and social(plan.question):  # "thanks, that helps": nothing to search for
             yield self._reply_politely(Answer(plan.question, plan.question, mode=plan.mode), start)
             return
-        if retrieval is None and (reply := catalog_reply(plan.question, self.outlines(), plan.post)):
+        if retrieval is None and (reply := catalog_reply(plan.question, self.outlines(), plan.post, plan.previous)):
             # "what topics do you cover?", "summarize the clustering post": the posts' own list, not a search
             yield self._describe_posts(Answer(plan.question, plan.question, mode=plan.mode), reply, start)
             return

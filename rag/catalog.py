@@ -52,6 +52,8 @@ _ABOUT_THE_POSTS = re.compile(r"""^(?:please\s+)?(?:
 _QUIZ = re.compile(r"^(?:(?:can|could) you\s+|please\s+|let's\s+)?(?:quiz|test|drill|grill)\s+me(?:\s+(?:on|about)\s+(?P<topic>.+))?$"
                    r"|^(?:(?:can|could) you\s+)?(?:ask|give)\s+me\s+(?:an?\s+|some\s+)?(?:interview\s+|practice\s+)?"
                    r"questions?(?:\s+(?:on|about)\s+(?P<topic2>.+))?$")
+# "and the random forest one?", "what about rf": another post, after a question about one
+_ANOTHER_POST = re.compile(r"^(?:and|what about|how about|same for|and for)\s+(?:the\s+)?(.+?)(?:\s+ones?)?$")
 # a question about one post: its name is whatever else it says ("summarize the clustering post")
 _ABOUT_A_POST = re.compile(r"^(?:summar(?:y|ize|ise)|overview|outline|tl\s?;?\s?dr)\b"
                            r"|\b(?:post|article)\b(?!-)", re.I)  # not "post-LN"
@@ -115,12 +117,18 @@ def _normal(question: str) -> str:
     return " ".join(re.sub(r"[^\w';\s-]", " ", q).split()).strip(" '")
 
 
-def catalog_reply(question: str, outlines: list[PostOutline], post: str | None = None) -> Reply | None:
+def catalog_reply(question: str, outlines: list[PostOutline], post: str | None = None,
+                  previous: str | None = None) -> Reply | None:
     """The reply to a question about the posts themselves, or None for any other question. `post`: the
-    post the chat is filtered to ("what does this post cover?" is about it)."""
+    post the chat is filtered to ("what does this post cover?" is about it); `previous`: the question a
+    follow-up refers to ("and the random forest one?" after "what's in the clustering post?" asks for a post)."""
     if not outlines:
         return None
     q = _normal(question)
+    if previous and _ANOTHER_POST.match(q):
+        earlier = catalog_reply(previous, outlines, post)
+        if earlier is not None and len(earlier.cited) == 1:
+            return catalog_reply(f"what is in the {_ANOTHER_POST.match(q).group(1)} post", outlines, post)
     if _ABOUT_THE_POSTS.match(q):
         return overview(outlines)
     quiz = _QUIZ.match(q)

@@ -100,3 +100,14 @@ def test_the_overview_of_a_large_feed_lists_the_newest_posts_only():
     assert len(reply.cited) == OVERVIEW_POSTS and reply.cited == tuple(posts[:OVERVIEW_POSTS])
     assert "The posts cover 30 topics (the newest first)" in reply.text and "… and 10 older posts" in reply.text
     assert f"[{OVERVIEW_POSTS}]" in reply.text and f"[{OVERVIEW_POSTS + 1}]" not in reply.text
+
+
+def test_another_post_asked_for_as_a_follow_up(chat):
+    # seen in the CLI: "and the random forest one?" after "whats in the clustering post?" quoted two sentences
+    first = "whats in the clustering post?"
+    rf = chat.ask("and the random forest one?", [[first, chat.ask(first).answer]])
+    assert [c.post_title for c in rf.citations] == ["Random Forest: Interview Questions & Answers"], rf.answer
+    assert "What is Out-of-Bag (OOB) error?" in rf.answer
+    # after a question about a topic it is a follow-up about that topic, searched as usual
+    topic = chat.ask("and the random forest one?", [["how does k-means++ work?", "It spreads the centroids."]])
+    assert "interview questions" not in topic.answer
