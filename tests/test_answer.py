@@ -478,9 +478,13 @@ def test_a_new_posts_questions_are_answered_in_chat_words(tmp_path, settings_for
                       new=[("https://x/tokenizers", "Tokenizers: Interview Questions", BPE_POST)])
     settings = settings_for(tmp_path / "index", answer_mode="extractive")
     update_index(settings, feed)
-    reply = Chat(settings).ask("how does BPE decide what to merge when building its vocab?")
+    chat = Chat(settings)
+    reply = chat.ask("how does BPE decide what to merge when building its vocab?")
     assert not reply.refused, reply.answer
     assert reply.citations[0].section == "How does byte-pair encoding build its vocabulary?"
+    # and the chat's list of what the posts cover has the new post and its questions
+    assert "Tokenizers: Interview Questions" in chat.ask("what topics do you cover?").answer
+    assert "How does byte-pair encoding build its vocabulary?" in chat.ask("what's in the tokenizers post?").answer
 
 
 @pytest.mark.slow
