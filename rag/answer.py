@@ -18,7 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
-from .catalog import PostOutline, catalog_reply, post_outlines
+from .catalog import PostOutline, catalog_reply, numbered_question, post_outlines
 from .conversation import check_history, check_k, check_question, follow_up, has_pronoun, opens_on, polite_reply, social
 from .coverage import DECISION_SECTIONS
 from .errors import RagError
@@ -259,13 +259,18 @@ class Chat:
                     start: float | None = None) -> Iterator[Answer]:
         """Yields the growing Answer; the last one has done=True and its citations checked."""
         start = start or time.perf_counter()
-        if retrieval is None and social(plan.question):  # "thanks, that helps": nothing to search for
-            yield self._reply_politely(Answer(plan.question, plan.question, mode=plan.mode), start)
-            return
-        if retrieval is None and (reply := catalog_reply(plan.question, self.outlines(), plan.post, plan.previous)):
-            # "what topics do you cover?", "summarize the clustering post": the posts' own list, not a search
-            yield self._describe_posts(Answer(plan.question, plan.question, mode=plan.mode), reply, start)
-            return
+        lead = ""
+        if retrieval is None:
+            direct = self._without_search(plan, start)
+            if direct is not None:
+                yield direct
+                return
+            numbered = numbered_question(plan.question, self.outlines(), plan.post)
+            if numbered:  # "explain Q7 of the random forest post": that question of that post, in its own words
+                outline, heading = numbered
+                plan = replace(plan, question=heading, post=outline.guid, previous=None, explicit=False, more=False,
+                               said="", example=False)
+                lead = f"*{heading}*\n\n"
         retrieval = retrieval or self.retrieve(plan)
         mode = get_mode(plan.mode)
         answer = Answer(plan.question, retrieval.query, passages=retrieval.passages, mode=mode.name)
@@ -278,6 +283,7 @@ class Chat:
         context = self._context(retrieval.passages)
         if mode.uses_generator:
             answer.generator = self.generator.name
+        answer.answer = lead  # the question a numbered one stands for, before its answer
         with closing(mode.write(self, plan, retrieval, context)) as pieces:  # a consumer that leaves stops it
             for piece in pieces:
                 answer.timings.setdefault("first_token", time.perf_counter() - start)
@@ -286,14 +292,23 @@ class Chat:
                 else:
                     answer.answer += piece
                 yield answer
-        if mode.uses_generator and not answer.answer.strip():
+        if mode.uses_generator and not answer.answer[len(lead):].strip():
             # nothing the model wrote passed the check: the extractive answer, which no model wrote
-            answer.answer = "".join(get_mode("extractive").write(self, plan, retrieval, context))
+            answer.answer = lead + "".join(get_mode("extractive").write(self, plan, retrieval, context))
             answer.generator = None
         self._finish(answer, context, start)
         yield answer
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _without_search(self, plan: Plan, start: float) -> Answer | None:
+        """The reply to a message that asks nothing of the posts' sections: a polite one ("thanks, that helps"),
+        or one about the posts themselves ("what topics do you cover?", "summarize the clustering post")."""
+        answer = Answer(plan.question, plan.question, mode=plan.mode)
+        if social(plan.question):
+            return self._reply_politely(answer, start)
+        reply = catalog_reply(plan.question, self.outlines(), plan.post, plan.previous)
+        return self._describe_posts(answer, reply, start) if reply else None
 
     def _context(self, passages: list[Passage]) -> list[Passage]:
         """The passages for the answer: the best few that fit the context budget (in generator-ish

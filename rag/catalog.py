@@ -52,6 +52,10 @@ _ABOUT_THE_POSTS = re.compile(r"""^(?:please\s+)?(?:
 _QUIZ = re.compile(r"^(?:(?:can|could) you\s+|please\s+|let's\s+)?(?:quiz|test|drill|grill)\s+me(?:\s+(?:on|about)\s+(?P<topic>.+))?$"
                    r"|^(?:(?:can|could) you\s+)?(?:ask|give)\s+me\s+(?:an?\s+|some\s+)?(?:interview\s+|practice\s+)?"
                    r"questions?(?:\s+(?:on|about)\s+(?P<topic2>.+))?$")
+# how the posts number their questions ("Q3:", "Q7.", "8.")
+_NUMBER = re.compile(r"^\s*(?:Q\s?(\d+)|(\d+))\s*[.:)]\s*")
+# a question asked by its number in a post: "q7", "question 7", "#7"
+_ASKED_NUMBER = re.compile(r"(?:\bq\s?|\bquestion\s+(?:no\.?\s*|number\s+)?|#)(\d{1,3})\b")
 # "and the random forest one?", "what about rf": another post, after a question about one
 _ANOTHER_POST = re.compile(r"^(?:and|what about|how about|same for|and for)\s+(?:the\s+)?(.+?)(?:\s+ones?)?$")
 # a question about one post: its name is whatever else it says ("summarize the clustering post")
@@ -75,6 +79,7 @@ class PostOutline:
     opening_text: str  # that section's text
     headings: tuple[str, ...]  # what the post is made of: its interview questions, or its headings where it has none
     questions: int  # how many of the headings are interview questions
+    numbers: tuple[int | None, ...] = ()  # the number each heading has in the post ("Q3: ..." -> 3), if any
 
 
 @dataclass(frozen=True)
@@ -93,22 +98,51 @@ def post_outlines(index) -> list[PostOutline]:
     out = []
     for p in index.posts():
         paths = headings.get(p.guid, [])
-        shown: dict[str, bool] = {}  # heading -> is an interview question, in reading order
+        shown: dict[str, tuple[bool, int | None]] = {}  # heading -> (an interview question?, its number)
         for section in paths:
             path = section.split(" > ")
             asked = next((h for h in path if is_question_heading(h)), None)
             heading = asked or path[0]
             if not (is_aside(heading, p.title) or _CLOSING.match(heading)):
-                shown.setdefault(_plain_heading(heading), asked is not None)
+                number = _NUMBER.match(heading)
+                shown.setdefault(_plain_heading(heading),
+                                 (asked is not None, int(number.group(1) or number.group(2)) if number else None))
         c = first.get(p.guid)
         out.append(PostOutline(p.guid, p.title, p.url, p.date, c.section if c else p.title, c.text if c else "",
-                               tuple(shown), sum(shown.values())))
+                               tuple(shown), sum(q for q, _ in shown.values()), tuple(n for _, n in shown.values())))
     return out
 
 
 def _plain_heading(heading: str) -> str:
     """ "Q3: What is Out-of-Bag (OOB) error?" -> "What is Out-of-Bag (OOB) error?" """
-    return re.sub(r"^\s*(?:Q\s?\d+|\d+)\s*[.:)]\s*", "", heading).strip()
+    return _NUMBER.sub("", heading).strip()
+
+
+def numbered_question(question: str, outlines: list[PostOutline], post: str | None = None
+                      ) -> tuple[PostOutline, str] | None:
+    """ "explain Q7 of the random forest post", "what's question 3 in this post?" (with a post chosen): the post
+    and the heading it numbers so (where the post numbers none, the n-th of its outline's list), or None."""
+    found = _numbered(_normal(question), outlines, post)
+    return (found[0], found[2]) if found and found[2] else None
+
+
+def _numbered(q: str, outlines: list[PostOutline], post: str | None) -> tuple[PostOutline, int, str | None] | None:
+    """The post a question names together with a question number, the number, and that question if it has it."""
+    asked = _ASKED_NUMBER.search(q)
+    if not asked:
+        return None
+    rest = q[:asked.start()] + " " + q[asked.end():]
+    topic = _topic(rest)
+    named = [o for o in outlines if topic and topic <= stems(o.title)]
+    chosen = named[0] if len(named) == 1 else next((o for o in outlines if o.guid == post and not topic), None)
+    if chosen is None or not (_ABOUT_A_POST.search(q) or post):
+        return None
+    n = int(asked.group(1))
+    if any(chosen.numbers):
+        heading = next((h for h, m in zip(chosen.headings, chosen.numbers) if m == n), None)
+    else:  # the n-th of the outline's list (`outline`)
+        heading = chosen.headings[n - 1] if 0 < n <= len(chosen.headings) else None
+    return chosen, n, heading
 
 
 def _normal(question: str) -> str:
@@ -131,6 +165,9 @@ def catalog_reply(question: str, outlines: list[PostOutline], post: str | None =
             return catalog_reply(f"what is in the {_ANOTHER_POST.match(q).group(1)} post", outlines, post)
     if _ABOUT_THE_POSTS.match(q):
         return overview(outlines)
+    numbered = _numbered(q, outlines, post)
+    if numbered:  # a question the chat answers (numbered_question), unless the post has no such number
+        return outline(numbered[0], f"It has no question {numbered[1]}. ") if numbered[2] is None else None
     quiz = _QUIZ.match(q)
     if quiz:
         return practice_hint(quiz.group("topic") or quiz.group("topic2") or "", outlines, post)
@@ -187,11 +224,14 @@ def overview(outlines: list[PostOutline]) -> Reply:
     return Reply("\n".join(lines), tuple(shown))
 
 
-def outline(o: PostOutline) -> Reply:
+def outline(o: PostOutline, note: str = "") -> Reply:
     # "… and 2 more" would say less than the two questions themselves
     shown = o.headings if len(o.headings) <= OUTLINE_QUESTIONS + 4 else o.headings[:OUTLINE_QUESTIONS]
-    lines = [f"**{o.title}** ({o.date[:10]}) has {_count(o)} [1]:"]
-    lines += [f"{n}. {q}" for n, q in enumerate(shown, 1)]
+    lines = [f"{note}**{o.title}** ({o.date[:10]}) has {_count(o)} [1]:"]
+    if any(o.numbers):  # the post's own numbers, which "explain Q7 of ..." refers to (some posts skip one)
+        lines += [f"- **Q{m}.** {q}" if m else f"- {q}" for q, m in zip(shown, o.numbers)]
+    else:
+        lines += [f"{n}. {q}" for n, q in enumerate(shown, 1)]
     if len(o.headings) > len(shown):
         lines.append(f"\n… and {len(o.headings) - len(shown)} more in the post.")
     lines.append("\nAsk about any of them, or practise them in the Practice tab.")

@@ -5,7 +5,7 @@ import pytest
 
 from rag import render
 from rag.answer import Chat
-from rag.catalog import OVERVIEW_POSTS, PostOutline, catalog_reply, overview, post_outlines
+from rag.catalog import OVERVIEW_POSTS, PostOutline, catalog_reply, numbered_question, overview, post_outlines
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,10 @@ def test_asked_about_one_post_the_chat_lists_its_questions(chat, question):
     a = chat.ask(question)
     assert not a.refused
     assert [c.post_title for c in a.citations] == ["Clustering: Interview Questions & Answers"]
-    assert "How do you determine the optimal number of clusters in real datasets?" in a.answer
-    assert "Q2." not in a.answer and "Introduction" not in a.answer  # headings as questions, no asides
+    # the post's own numbers (it has no Q5), which "explain Q6 of ..." refers to; no introduction or conclusion
+    assert "- **Q2.** How do you determine the optimal number of clusters in real datasets?" in a.answer
+    assert "**Q5.**" not in a.answer and "- **Q6.** How do you evaluate clustering" in a.answer
+    assert "Introduction" not in a.answer and "Conclusion" not in a.answer
     assert "has 18 interview questions" in a.answer and "… and 6 more in the post." in a.answer
 
 
@@ -111,3 +113,21 @@ def test_another_post_asked_for_as_a_follow_up(chat):
     # after a question about a topic it is a follow-up about that topic, searched as usual
     topic = chat.ask("and the random forest one?", [["how does k-means++ work?", "It spreads the centroids."]])
     assert "interview questions" not in topic.answer
+
+
+def test_a_question_asked_by_its_number_in_a_post_is_answered(chat):
+    # "what's Q3 in the clustering post?" was answered from whatever "q3" and "clustering" matched
+    a = chat.ask("what's Q3 in the clustering post?")
+    heading = "Compare K-Means, DBSCAN, and Gaussian Mixture Models (GMM). When would you use each?"
+    assert a.answer.startswith(f"*{heading}*"), a.answer  # says which question it answers
+    assert not a.refused and heading in a.citations[0].section
+    loss = chat.ask("answer question 2 from the loss functions post")  # a post without numbers: its list's 2nd
+    assert "differentiable almost everywhere" in loss.citations[0].section
+    guid = next(p.guid for p in chat.retriever.index.posts() if p.title.startswith("Random Forest"))
+    oob = chat.ask("explain q3 of this post", post=guid)
+    assert "Out-of-Bag (OOB) error" in oob.citations[0].section
+    missing = chat.ask("what is q5 in the clustering post")  # the post skips Q5
+    assert missing.answer.startswith("It has no question 5.") and "**Q6.**" in missing.answer
+    outlines = post_outlines(chat.retriever.index)
+    assert numbered_question("how does q-learning work", outlines) is None  # no post named
+    assert numbered_question("what is q3", outlines) is None
