@@ -218,7 +218,9 @@ class Chat:
         if not plan.previous:
             return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
         if plan.more:  # "tell me more": the question before, asked again (the answer leaves out what was said)
-            return replace(self.retriever.search(plan.previous, k, post=plan.post, fusion=fusion), joined=True)
+            numbered = numbered_question(plan.previous, self.outlines(), plan.post)  # "what's Q3 in ..." before
+            question, post = (numbered[1], numbered[0].guid) if numbered else (plan.previous, plan.post)
+            return replace(self.retriever.search(question, k, post=post, fusion=fusion), joined=True)
         if plan.explicit:  # "and what are DBSCAN's weaknesses?": joined first, alone if joined it is not covered
             joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
             if joined.covered:

@@ -126,6 +126,8 @@ def test_a_question_asked_by_its_number_in_a_post_is_answered(chat):
     guid = next(p.guid for p in chat.retriever.index.posts() if p.title.startswith("Random Forest"))
     oob = chat.ask("explain q3 of this post", post=guid)
     assert "Out-of-Bag (OOB) error" in oob.citations[0].section
+    more = chat.ask("tell me more", [["what's Q3 in the clustering post?", a.answer]])  # more of that question
+    assert more.citations[0].section == a.citations[0].section and more.query == heading
     missing = chat.ask("what is q5 in the clustering post")  # the post skips Q5
     assert missing.answer.startswith("It has no question 5.") and "**Q6.**" in missing.answer
     outlines = post_outlines(chat.retriever.index)
