@@ -269,8 +269,9 @@ def test_conversation_in_the_browser(full_app, page, tmp_path):
     open_app(page, full_app)
     assert "10 posts" in page.inner_text("#status")
     examples = page.locator("#chat button.example").all_inner_texts()
-    assert len(examples) == 6, examples  # questions drawn from the posts' headings, each naming its subject
-    assert not any(re.search(r"\b(the algorithm|we|it)\b", e, re.I) for e in examples), examples
+    assert len(examples) == 6, examples  # five drawn from the posts' headings, each naming its subject
+    assert not any(re.search(r"\b(the algorithm|we|it)\b", e, re.I) for e in examples[:5]), examples
+    assert examples[5] == "What topics do the posts cover?"  # and what a newcomer asks first
 
     answer = ask(page, COVERED)
     link = answer.locator("a[href^='#source-']").first
@@ -306,6 +307,12 @@ def test_conversation_in_the_browser(full_app, page, tmp_path):
     before, start = 0, time.perf_counter()
     page.locator("#chat button.example").first.click()  # an example on the empty screen asks itself
     wait_answer(page, before, start, "clicked example")
+    new_conversation(page)
+    before, start = 0, time.perf_counter()
+    page.locator("#chat button.example").last.click()  # the list of posts, each cited
+    wait_answer(page, before, start, "topics")
+    assert "Random Forest: Interview Questions & Answers" in page.locator(BOT).last.inner_text()
+    assert page.locator(BOT).last.locator("a[href^='#source-']").count() == 10
     print("\nbrowser time to first token, extractive:", {q[:40]: round(t, 2) for q, t in TTFT.items()})
 
 

@@ -414,7 +414,9 @@ class ChatUI:
         words: dict[str, set[str]] = {}
         for c in index.all_chunks():
             words.setdefault(c.post_guid, set()).update(re.findall(r"[a-z0-9][a-z0-9+\-]*", c.text.lower()))
-        return render.example_questions(index.sections(), words, [p.guid for p in index.posts()])
+        # five of the posts' own questions, and what a newcomer asks first (answered from rag/catalog.py)
+        return render.example_questions(index.sections(), words, [p.guid for p in index.posts()], n=5) + [
+            "What topics do the posts cover?"]
 
     # ------------------------------------------------------------------ the tab
 
