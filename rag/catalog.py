@@ -52,6 +52,10 @@ _ABOUT_THE_POSTS = re.compile(r"""^(?:please\s+)?(?:
 _QUIZ = re.compile(r"^(?:(?:can|could) you\s+|please\s+|let's\s+)?(?:quiz|test|drill|grill)\s+me(?:\s+(?:on|about)\s+(?P<topic>.+))?$"
                    r"|^(?:(?:can|could) you\s+)?(?:ask|give)\s+me\s+(?:an?\s+|some\s+)?(?:interview\s+|practice\s+)?"
                    r"questions?(?:\s+(?:on|about)\s+(?P<topic2>.+))?$")
+# which interview questions there are on a topic ("what questions do interviewers ask about random forests")
+_QUESTIONS_ON = re.compile(r"^(?:so\s+)?what\s+(?:kind\s+of\s+|sort\s+of\s+|typical\s+|common\s+)?(?:interview\s+)?"
+                           r"questions\s+(?:do|does|would|will|should|might|are|can|could|get|is)\b.*?"
+                           r"\b(?:about|on|for|in)\s+(?:the\s+)?(?P<topic>[^?]+?)(?:\s+interviews?)?$")
 # how the posts number their questions ("Q3:", "Q7.", "8.")
 _NUMBER = re.compile(r"^\s*(?:Q\s?(\d+)|(\d+))\s*[.:)]\s*")
 # a question asked by its number in a post: "q7", "question 7", "#7"
@@ -171,6 +175,10 @@ def catalog_reply(question: str, outlines: list[PostOutline], post: str | None =
     quiz = _QUIZ.match(q)
     if quiz:
         return practice_hint(quiz.group("topic") or quiz.group("topic2") or "", outlines, post)
+    asked_about = _QUESTIONS_ON.match(q)
+    if asked_about:  # "what questions do interviewers ask about random forests?": a post's questions, if one is
+        named = [o for o in outlines if (t := _topic(asked_about.group("topic"))) and t <= stems(o.title)]
+        return outline(named[0]) if len(named) == 1 else None
     if not (_ABOUT_A_POST.search(q) and _OUTLINE_WORDS.search(q)):
         return None
     topic = _topic(q)

@@ -42,6 +42,16 @@ def test_asked_about_one_post_the_chat_lists_its_questions(chat, question):
     assert "has 18 interview questions" in a.answer and "… and 6 more in the post." in a.answer
 
 
+@pytest.mark.parametrize("question, title", [
+    ("what questions do interviewers ask about random forests?", "Random Forest: Interview Questions & Answers"),
+    ("what kind of questions are asked on clustering in interviews", "Clustering: Interview Questions & Answers")])
+def test_asked_which_questions_there_are_on_a_topic_the_chat_lists_its_posts(chat, question, title):
+    a = chat.ask(question)
+    assert [c.post_title for c in a.citations] == [title] and "interview questions [1]:" in a.answer
+    assert catalog_reply("what questions do interviewers ask about dropout", post_outlines(chat.retriever.index)) \
+        is None  # no post on it: searched as usual
+
+
 def test_a_post_is_named_by_its_topic_or_its_shorthand(chat):
     rf = chat.ask("what's in the rf post").citations
     assert [c.post_title for c in rf] == ["Random Forest: Interview Questions & Answers"]
