@@ -135,10 +135,8 @@ def _numbered(q: str, outlines: list[PostOutline], post: str | None) -> tuple[Po
     asked = _ASKED_NUMBER.search(q)
     if not asked:
         return None
-    rest = q[:asked.start()] + " " + q[asked.end():]
-    topic = _topic(rest)
-    named = [o for o in outlines if topic and topic <= stems(o.title)]
-    chosen = named[0] if len(named) == 1 else next((o for o in outlines if o.guid == post and not topic), None)
+    topic = _topic(q[:asked.start()] + " " + q[asked.end():])
+    chosen = _named_post(topic, outlines) if topic else next((o for o in outlines if o.guid == post), None)
     if chosen is None or not (_ABOUT_A_POST.search(q) or post):
         return None
     n = int(asked.group(1))
@@ -177,16 +175,22 @@ def catalog_reply(question: str, outlines: list[PostOutline], post: str | None =
         return practice_hint(quiz.group("topic") or quiz.group("topic2") or "", outlines, post)
     asked_about = _QUESTIONS_ON.match(q)
     if asked_about:  # "what questions do interviewers ask about random forests?": a post's questions, if one is
-        named = [o for o in outlines if (t := _topic(asked_about.group("topic"))) and t <= stems(o.title)]
-        return outline(named[0]) if len(named) == 1 else None
+        named = _named_post(_topic(asked_about.group("topic")), outlines)
+        return outline(named) if named else None
     if not (_ABOUT_A_POST.search(q) and _OUTLINE_WORDS.search(q)):
         return None
     topic = _topic(q)
     if not topic:  # "summarize this post": the one the chat is filtered to, else say which there are
         chosen = next((o for o in outlines if o.guid == post), None)
         return outline(chosen) if chosen else overview(outlines)
-    named = [o for o in outlines if topic <= stems(o.title)]
-    return outline(named[0]) if len(named) == 1 else None
+    named = _named_post(topic, outlines)
+    return outline(named) if named else None
+
+
+def _named_post(topic: set[str], outlines: list[PostOutline]) -> PostOutline | None:
+    """The one post whose title has every word of `topic` ("rf" -> Random Forest); None for none or several."""
+    named = [o for o in outlines if topic and topic <= stems(o.title)]
+    return named[0] if len(named) == 1 else None
 
 
 def practice_hint(topic: str, outlines: list[PostOutline], post: str | None = None) -> Reply | None:
@@ -194,9 +198,9 @@ def practice_hint(topic: str, outlines: list[PostOutline], post: str | None = No
     the posts' questions on that topic (a post whose title names it, else the heading sharing most of its
     words). None when no question is about it: the chat searches the posts as usual."""
     words = _topic(topic)
-    named = [o for o in outlines if words and words <= stems(o.title)] or [o for o in outlines if o.guid == post]
+    named = _named_post(words, outlines) or next((o for o in outlines if o.guid == post), None)
     if named or not words:
-        o = named[0] if named else random.choice(outlines)
+        o = named or random.choice(outlines)
         asked = [h for h in o.headings if h.endswith("?") and not VAGUE.search(h)] or list(o.headings)
         pick = (o, random.choice(asked)) if asked else None
     else:
