@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 from .catalog import PostOutline, catalog_reply, numbered_question, post_outlines
-from .conversation import check_history, check_k, check_question, follow_up, has_pronoun, opens_on, polite_reply, social
+from .conversation import (check_history, check_k, check_question, follow_up, has_pronoun, opens_on, polite_reply,
+                           social)
 from .coverage import DECISION_SECTIONS
 from .errors import RagError
 from .grounding import best_support, supported

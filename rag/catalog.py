@@ -37,8 +37,10 @@ EXAMPLE_CHARS = 70
 # a question about the collection as a whole, and nothing else (anchored at both ends: "what do you know
 # about dropout" asks about dropout)
 _ABOUT_THE_POSTS = re.compile(r"""^(?:please\s+)?(?:
-      (?:so\s+)?what\s+(?:topics|subjects|posts|articles|areas|questions|things|stuff|kind\s+of\s+(?:questions|topics|things))
-          \s+(?:do|can|does)\s+(?:you|the\s+(?:posts|blog|bot))\s+(?:cover|know|have|answer|handle|discuss|include)(?:\s+about)?
+      (?:so\s+)?what\s+(?:topics|subjects|posts|articles|areas|questions|things|stuff
+                          |kind\s+of\s+(?:questions|topics|things))
+          \s+(?:do|can|does)\s+(?:you|the\s+(?:posts|blog|bot))
+          \s+(?:cover|know|have|answer|handle|discuss|include)(?:\s+about)?
     | what\s+(?:can|could|should)\s+i\s+ask(?:\s+you)?(?:\s+about)?
     | what\s+(?:can|do)\s+you\s+(?:do|cover|know|answer|help(?:\s+me)?\s+with)
     | what\s+(?:do|does)\s+(?:the\s+)?(?:posts|blog|handbook)\s+cover
@@ -49,7 +51,8 @@ _ABOUT_THE_POSTS = re.compile(r"""^(?:please\s+)?(?:
     | help
     )$""", re.X)
 # a request to be asked questions: practice mode does that, and grades the answers
-_QUIZ = re.compile(r"^(?:(?:can|could) you\s+|please\s+|let's\s+)?(?:quiz|test|drill|grill)\s+me(?:\s+(?:on|about)\s+(?P<topic>.+))?$"
+_QUIZ = re.compile(r"^(?:(?:can|could) you\s+|please\s+|let's\s+)?(?:quiz|test|drill|grill)\s+me"
+                   r"(?:\s+(?:on|about)\s+(?P<topic>.+))?$"
                    r"|^(?:(?:can|could) you\s+)?(?:ask|give)\s+me\s+(?:an?\s+|some\s+)?(?:interview\s+|practice\s+)?"
                    r"questions?(?:\s+(?:on|about)\s+(?P<topic2>.+))?$")
 # which interview questions there are on a topic ("what questions do interviewers ask about random forests")

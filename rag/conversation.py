@@ -23,8 +23,8 @@ BARE_WHY = re.compile(r"^\W*(why|how)(\s+(so|not|exactly|come|then))?\W*$", re.I
 # a request for more of the answer before, or for an example of it: answered from the same sections, leaving out
 # what was already said ("tell me more" searched on its own was refused)
 MORE = re.compile(r"^\W*(?:tell me more|more|go on|continue|keep going|elaborate|say more|more (?:details?|info)|"
-                  r"anything else|what else|(?:can|could|would) you (?:elaborate|expand|say more|go deeper|explain more|"
-                  r"tell me more)(?: on (?:that|it|this))?)\W*(?:please\W*)?$", re.I)
+                  r"anything else|what else|(?:can|could|would) you (?:elaborate|expand|say more|go deeper|"
+                  r"explain more|tell me more)(?: on (?:that|it|this))?)\W*(?:please\W*)?$", re.I)
 EXAMPLE = re.compile(r"^\W*(?:(?:can|could) you )?(?:give|show)(?: me)?(?: an?| some)? examples?\b"
                      r"|^\W*(?:any |an )?examples?\W*$|^\W*for (?:example|instance)\W*$", re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
