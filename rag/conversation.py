@@ -25,8 +25,9 @@ BARE_WHY = re.compile(r"^\W*(why|how)(\s+(so|not|exactly|come|then))?\W*$", re.I
 MORE = re.compile(r"^\W*(?:tell me more|more|go on|continue|keep going|elaborate|say more|more (?:details?|info)|"
                   r"anything else|what else|(?:can|could|would) you (?:elaborate|expand|say more|go deeper|"
                   r"explain more|tell me more)(?: on (?:that|it|this))?)\W*(?:please\W*)?$", re.I)
-EXAMPLE = re.compile(r"^\W*(?:(?:can|could) you )?(?:give|show)(?: me)?(?: an?| some)? examples?\b"
-                     r"|^\W*(?:any |an )?examples?\W*$|^\W*for (?:example|instance)\W*$", re.I)
+EXAMPLE = re.compile(r"^\W*(?:(?:(?:can|could) you )?(?:give|show)(?: me)?(?: an?| some| another)? examples?"
+                     r"(?: of (?:it|that|this|those|them))?|(?:any |an |another )?examples?|for (?:example|instance))"
+                     r"\W*(?:please\W*)?$", re.I)  # not "give me an example of a proper scoring rule": a question
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
 # where a question's second clause starts: a pronoun after it refers inside the question ("what is the unit of
 # prediction and why does it matter?"), not to the turn before

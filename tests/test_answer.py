@@ -372,7 +372,9 @@ def test_asked_for_more_the_chat_goes_on_from_its_answer(chat):
     exhausted = chat.ask("give me an example", turns)  # the section has no example left, and no other gives one
     assert not exhausted.refused and exhausted.answer == NO_EXAMPLE, exhausted.answer
     assert all(wants_more(q) for q in ("tell me more", "Can you elaborate on that?", "more please", "any examples?"))
-    assert not any(wants_more(q) for q in ("more trees or deeper trees?", "what is an example of a proper scoring rule"))
+    assert all(wants_more(q) for q in ("give me an example of that", "another example please", "for instance?"))
+    assert not any(wants_more(q) for q in ("more trees or deeper trees?", "what is an example of a proper scoring rule",
+                                           "give me an example of a proper scoring rule", "what else is there on rf"))
 
 
 def test_a_follow_ups_sentences_are_chosen_by_what_it_asks(chat):
