@@ -62,6 +62,7 @@ class Plan:
     more: bool = False  # it asks for more of the previous answer ("tell me more"): `previous` is searched as asked
     said: str = ""  # what the previous answers said, which this one does not repeat ("tell me more", an example)
     example: bool = False  # it asks for an example ("can you give an example?"): sentences that give one first
+    brief: bool = False  # it asks for the answer before in short ("tl;dr"): the best two sentences
 
 
 @dataclass
@@ -147,7 +148,8 @@ class Chat:
         follow = follow_up(question, turns)
         return Plan(question, follow and follow.previous, bool(follow and follow.explicit), post or None,
                     check_k(k, self.settings.top_k), fusion or self.settings.fusion, mode,
-                    bool(follow and follow.more), follow.said if follow else "", bool(follow and follow.example))
+                    bool(follow and follow.more), follow.said if follow else "", bool(follow and follow.example),
+                    bool(follow and follow.brief))
 
     def retrieve(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
         """The plan's search (`search`), and a second look when the posts seem not to cover it but retrieval is
@@ -272,7 +274,7 @@ class Chat:
             if numbered:  # "explain Q7 of the random forest post": that question of that post, in its own words
                 outline, heading = numbered
                 plan = replace(plan, question=heading, post=outline.guid, previous=None, explicit=False, more=False,
-                               said="", example=False)
+                               said="", example=False, brief=False)
                 lead = f"*{heading}*\n\n"
         retrieval = retrieval or self.retrieve(plan)
         mode = get_mode(plan.mode)
@@ -310,6 +312,8 @@ class Chat:
         answer = Answer(plan.question, plan.question, mode=plan.mode)
         if social(plan.question):
             return self._reply_politely(answer, start)
+        if plan.more:  # "tell me more", "tl;dr": about the answer before, not about the posts
+            return None
         reply = catalog_reply(plan.question, self.outlines(), plan.post, plan.previous)
         return self._describe_posts(answer, reply, start) if reply else None
 

@@ -28,6 +28,10 @@ MORE = re.compile(r"^\W*(?:tell me more|more|go on|continue|keep going|elaborate
 EXAMPLE = re.compile(r"^\W*(?:(?:(?:can|could) you )?(?:give|show)(?: me)?(?: an?| some| another)? examples?"
                      r"(?: of (?:it|that|this|those|them))?|(?:any |an |another )?examples?|for (?:example|instance))"
                      r"\W*(?:please\W*)?$", re.I)  # not "give me an example of a proper scoring rule": a question
+# a request for the answer before in short ("tl;dr", "summarize that"): its best sentences again, fewer of them
+SHORTER = re.compile(r"^\W*(?:(?:can|could) you\s+)?(?:summari[sz]e|sum (?:it |that )?up|tl\s?;?\s?dr|shorter|"
+                     r"in short|short version|briefly|make it shorter|in a nutshell|(?:give me )?the gist)"
+                     r"(?:\s+(?:that|it|this|please|for me))*\W*$", re.I)
 PRONOUNS = re.compile(r"\b(it|its|it's|this|that|these|those|they|them|their|he|she|one|ones)\b", re.I)
 # where a question's second clause starts: a pronoun after it refers inside the question ("what is the unit of
 # prediction and why does it matter?"), not to the turn before
@@ -110,6 +114,7 @@ class FollowUp:
     more: bool = False  # it asks for more of the answer before ("tell me more"): the previous question again
     example: bool = False  # it asks for an example of it ("can you give an example?"), also a request for more
     said: str = ""  # for "more" or an example: the answers given since `previous`, not to be quoted again
+    brief: bool = False  # it asks for the answer before in short ("tl;dr"): `previous` again, fewer sentences
 
 
 def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
@@ -126,6 +131,8 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     if wants_more(question):
         example = bool(EXAMPLE.match(POLITE_OPENING.sub("", question.strip())))
         return FollowUp(previous, True, more=True, example=example, said=_said(history))
+    if wants_shorter(question):
+        return FollowUp(previous, True, more=True, brief=True)
     if _asks_on(question):
         return FollowUp(previous, True)
     if social(question):
@@ -138,7 +145,7 @@ def _subject(history: list[tuple[str, str]]) -> str | None:
     before it when it pointed back to that one ("and its weaknesses?" after "is it slow on big data?"
     after "how does DBSCAN work?" is about DBSCAN). One step back only: a long chat of short questions would
     otherwise drag every earlier subject along."""
-    asked = [q for q, _ in history if not (social(q) or wants_more(q))]
+    asked = [q for q, _ in history if not (social(q) or wants_more(q) or wants_shorter(q))]
     if not asked:
         return None
     if len(asked) > 1 and _points_back(asked[-1]):
@@ -152,12 +159,17 @@ def wants_more(question: str) -> bool:
     return bool(MORE.match(asked) or EXAMPLE.match(asked))
 
 
+def wants_shorter(question: str) -> bool:
+    """Asks for the answer before in short ("tl;dr", "ok, summarize that")."""
+    return bool(SHORTER.match(POLITE_OPENING.sub("", question.strip())))
+
+
 def _said(history: list[tuple[str, str]]) -> str:
     """The answers of the turns since the last real question (a second "tell me more" skips both answers)."""
     said = []
     for q, a in reversed(history):
         said.append(a)
-        if not (social(q) or wants_more(q)):
+        if not (social(q) or wants_more(q) or wants_shorter(q)):
             break
     return " ".join(reversed(said))
 
@@ -195,7 +207,7 @@ def social(text: str) -> bool:
     """Only polite words ("thanks!", "ok cool"), or a polite opening and no question ("thanks, that helps"): no
     question, and no subject for a follow-up to refer to (after "how does DBSCAN work?" and "thanks, that
     helps", "is it slow?" is about DBSCAN)."""
-    if wants_more(text):  # "thanks! tell me more"
+    if wants_more(text) or wants_shorter(text):  # "thanks! tell me more", "ok tl;dr"
         return False
     own = content_words(text)
     if own and own <= SOCIAL:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # only for type names: importing answer here would be circula
     from .answer import Chat, Plan
     from .retrieve import Passage, Retrieval
 
+# sentences of an answer asked for in short ("tl;dr", "summarize that")
+BRIEF = 2
 # a sentence that gives an example ("For example, ...", "Imagine ...", "e.g. ...")
 EXAMPLE_CUE = re.compile(r"\b(?:for example|for instance|e\.g\.|example|imagine|suppose|say you|let'?s say)\b", re.I)
 # asked for more ("tell me more") when the answers before quoted every sentence the sections have that fits
@@ -186,7 +188,8 @@ class Extractive:
     most: int = 5
 
     def write(self, chat: "Chat", plan: "Plan", retrieval: "Retrieval", context: list["Passage"]) -> Iterator[str]:
-        picked = pick_sentences(chat, retrieval, context, self.most, plan.said, plan.example)
+        most = BRIEF if plan.brief else self.most
+        picked = pick_sentences(chat, retrieval, context, most, plan.said, plan.example)
         if not picked and plan.said:
             yield NO_EXAMPLE if plan.example else ALL_SAID
         for j, ((n, _), s) in enumerate(zip(picked, labelled(context, picked))):
@@ -277,8 +280,9 @@ class Generate:
     offered: bool = True
     most: int = 4  # passage sentences the model may draw on
 
-    def sources(self, chat, retrieval, context, said: str = "", example: bool = False) -> list[tuple[int, str]]:
-        return pick_sentences(chat, retrieval, context, self.most, said, example)
+    def sources(self, chat, retrieval, context, said: str = "", example: bool = False,
+                brief: bool = False) -> list[tuple[int, str]]:
+        return pick_sentences(chat, retrieval, context, BRIEF if brief else self.most, said, example)
 
     def messages(self, question: str, sources: list[tuple[int, str]]) -> list[dict]:
         numbered = "\n".join(f"[{i}] {as_sentence(s)}" for i, (_, s) in enumerate(sources, 1))
@@ -286,7 +290,7 @@ class Generate:
                 {"role": "user", "content": f"Question: {question}\n\nSentences:\n{numbered}"}]
 
     def write(self, chat, plan, retrieval, context) -> Iterator[str | Pending]:
-        sources = self.sources(chat, retrieval, context, plan.said, plan.example)
+        sources = self.sources(chat, retrieval, context, plan.said, plan.example, plan.brief)
         if not sources:  # the chat falls back to the extractive answer, which says so when all was said
             return
         question = plan.previous if plan.more else plan.question  # "tell me more" asks the question before again

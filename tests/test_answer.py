@@ -372,6 +372,12 @@ def test_asked_for_more_the_chat_goes_on_from_its_answer(chat):
     exhausted = chat.ask("give me an example", turns)  # the section has no example left, and no other gives one
     assert not exhausted.refused and exhausted.answer == NO_EXAMPLE, exhausted.answer
     assert all(wants_more(q) for q in ("tell me more", "Can you elaborate on that?", "more please", "any examples?"))
+    # seen in the CLI: "tl;dr" after an answer listed the posts; it asks for that answer in short
+    brief = chat.ask("ok tl;dr", turns[:1])
+    assert brief.query == smoothing and len(sentences(brief.answer)) == 2, brief.answer
+    assert all(said_before(s, turns[0][1]) for s in sentences(brief.answer))  # its best sentences, again
+    assert len(chat.ask("summarize that", turns[:1]).citations) == 1  # not the list of posts
+    assert len(chat.ask("tl;dr").citations) == len(chat.retriever.index.posts())  # nothing before: the posts
     assert all(wants_more(q) for q in ("give me an example of that", "another example please", "for instance?"))
     assert not any(wants_more(q) for q in ("more trees or deeper trees?", "what is an example of a proper scoring rule",
                                            "give me an example of a proper scoring rule", "what else is there on rf"))
