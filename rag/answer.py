@@ -264,7 +264,7 @@ class Chat:
                     start: float | None = None) -> Iterator[Answer]:
         """Yields the growing Answer; the last one has done=True and its citations checked."""
         start = start or time.perf_counter()
-        lead = ""
+        lead, asked = "", plan.question  # the answer keeps the question as typed, whatever it is searched as
         if retrieval is None:
             direct = self._without_search(plan, start)
             if direct is not None:
@@ -278,7 +278,7 @@ class Chat:
                 lead = f"*{heading}*\n\n"
         retrieval = retrieval or self.retrieve(plan)
         mode = get_mode(plan.mode)
-        answer = Answer(plan.question, retrieval.query, passages=retrieval.passages, mode=mode.name)
+        answer = Answer(asked, retrieval.query, passages=retrieval.passages, mode=mode.name)
         answer.timings["retrieve"] = retrieval.seconds
         if not retrieval.covered or not retrieval.passages:
             if retrieval.joined:  # the nearest sections for the question asked, not for the one before it

@@ -130,6 +130,7 @@ def test_a_question_asked_by_its_number_in_a_post_is_answered(chat):
     a = chat.ask("what's Q3 in the clustering post?")
     heading = "Compare K-Means, DBSCAN, and Gaussian Mixture Models (GMM). When would you use each?"
     assert a.answer.startswith(f"*{heading}*"), a.answer  # says which question it answers
+    assert a.question == "what's Q3 in the clustering post?" and a.query == heading  # shown as typed
     assert not a.refused and heading in a.citations[0].section
     loss = chat.ask("answer question 2 from the loss functions post")  # a post without numbers: its list's 2nd
     assert "differentiable almost everywhere" in loss.citations[0].section
