@@ -381,8 +381,6 @@ def about_markdown(manifest: dict, generation: str, model: str) -> str:
             f"language model {model}. Everything runs on this machine.")
 
 
-
-
 def example_questions(sections: list[tuple[str, str]], post_words: dict[str, set[str]], posts_in_order: list[str],
                       n: int = 6) -> list[str]:
     """Section headings that are interview questions naming their own subject, one per post first.
