@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 from .catalog import PostOutline, catalog_reply, numbered_question, post_outlines
-from .conversation import (check_history, check_k, check_question, follow_up, has_pronoun, opens_on, polite_reply,
-                           social)
+from .conversation import (FollowUp, check_history, check_k, check_question, follow_up, has_pronoun, opens_on,
+                           polite_reply, social)
 from .coverage import DECISION_SECTIONS
 from .errors import RagError
 from .grounding import best_support, supported
@@ -145,11 +145,9 @@ class Chat:
         question = check_question(question, max_chars)
         turns = check_history(history, max_chars)
         mode = get_mode(mode or self.settings.answer_mode).name
-        follow = follow_up(question, turns)
-        return Plan(question, follow and follow.previous, bool(follow and follow.explicit), post or None,
-                    check_k(k, self.settings.top_k), fusion or self.settings.fusion, mode,
-                    bool(follow and follow.more), follow.said if follow else "", bool(follow and follow.example),
-                    bool(follow and follow.brief))
+        follow = follow_up(question, turns) or FollowUp(None, False)  # a standalone question follows nothing
+        return Plan(question, follow.previous, follow.explicit, post or None, check_k(k, self.settings.top_k),
+                    fusion or self.settings.fusion, mode, follow.more, follow.said, follow.example, follow.brief)
 
     def retrieve(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
         """The plan's search (`search`), and a second look when the posts seem not to cover it but retrieval is

@@ -109,7 +109,7 @@ def check_k(k, default: int) -> int:
 
 @dataclass(frozen=True)
 class FollowUp:
-    previous: str  # the earlier question this one may depend on
+    previous: str | None  # the earlier question this one may depend on
     explicit: bool  # it starts like a follow-up ("and for DBSCAN?", "what about ..."): always joined to it
     more: bool = False  # it asks for more of the answer before ("tell me more"): the previous question again
     example: bool = False  # it asks for an example of it ("can you give an example?"), also a request for more
