@@ -230,8 +230,8 @@ def overview(outlines: list[PostOutline]) -> Reply:
     shown = outlines[:OVERVIEW_POSTS]  # newest first
     lines = [f"The posts cover {len(outlines)} topics{' (the newest first)' if len(outlines) > len(shown) else ''}:"]
     for n, o in enumerate(shown, 1):
-        example = next((f", e.g. “{h}”" for h in o.headings if h.endswith("?") and len(h) <= EXAMPLE_CHARS
-                        and not VAGUE.search(h)), "")
+        example = next((f", e.g. “{q}”" for h in o.headings if "?" in h
+                        and len(q := h[:h.index("?") + 1]) <= EXAMPLE_CHARS and not VAGUE.search(q)), "")
         lines.append(f"- **{o.title}** ({_count(o)}{example}) [{n}]")
     if len(outlines) > len(shown):
         lines.append(f"- … and {len(outlines) - len(shown)} older posts")

@@ -24,6 +24,10 @@ def test_asked_what_the_posts_cover_the_chat_lists_every_post(chat, question):
         assert p.title in a.answer
     assert [c.url for c in a.citations] == [p.url for p in posts]  # one citation per post, in the list's order
     assert all(f"[{c.n}]" in a.answer for c in a.citations)
+    # an example question short enough to scan (the first question of a two-question heading), never one that
+    # leans on its post ("How does the algorithm handle missing data?" names no algorithm)
+    assert "e.g. “What is the difference between Pre-LN and Post-LN Transformers?”" in a.answer
+    assert "e.g. “What is Out-of-Bag (OOB) error?”" in a.answer and "the algorithm" not in a.answer
     assert a.generator is None and a.timings["total"] < 5
     links = render.answer_markdown(render.turn_record(a, turn_id="t"), 0)
     assert links.count("](#source-0-") == len(posts)  # each [n] opens its post's card in the Sources panel
