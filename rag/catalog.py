@@ -213,9 +213,9 @@ def practice_hint(topic: str, outlines: list[PostOutline], post: str | None = No
     if pick is None:
         return None
     o, asked = pick
-    return Reply(f"The **Practice** tab asks the posts' interview questions and grades your answers (in a terminal: "
-                 f"`rag practice`). One from *{o.title}* [1]:\n\n> {asked}\n\nAnswer it there to have it graded, "
-                 f"or ask me for the post's answer.", (o,))
+    return Reply(f"The **Practice** tab asks the posts' interview questions and grades your answers (choose *{o.title}* "
+                 f"under “Questions from”; in a terminal: `rag practice`). One from that post [1]:\n\n> {asked}\n\n"
+                 f"Ask me for the post's answer once you have tried it.", (o,))
 
 
 def _topic(q: str) -> set[str]:
