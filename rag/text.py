@@ -85,6 +85,13 @@ SHORTHAND = {
     "mle": "maximum likelihood", "fp": "false positive", "fps": "false positives", "fn": "false negative",
     "fns": "false negatives", "conv": "convolutional", "convnet": "convolutional network",
     "regularisation": "regularization", "optimiser": "optimizer",
+    # more of the same (2026-12-06 evening; two dev paraphrases were refused for "prod" and "seg"): clipped words the
+    # posts never write, each for one full word they use often
+    "prod": "production", "seg": "segmentation", "perf": "performance", "acc": "accuracy", "feat": "feature",
+    "prob": "probability", "probs": "probabilities", "algo": "algorithm", "algos": "algorithms",
+    "impl": "implementation", "arch": "architecture", "infra": "infrastructure", "stats": "statistics",
+    "clf": "classifier", "dl": "deep learning", "eval": "evaluation", "func": "function", "obj": "objective",
+    "dim": "dimension",
 }
 
 _stemmer = snowballstemmer.stemmer("english")

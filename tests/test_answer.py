@@ -457,6 +457,9 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
     ("what is the davies-bouldin index", True),
     # the user's own "(...)" is no note of the chat's: "galore (" hid the name the posts lack, answered at 0.53
     ("how does galore (gradient low-rank projection) save memory?", False),
+    # clipped words the posts never write ("algo", "dl") counted as names of things the posts lack: refused at 0.2
+    ("which algo handles missing vals best", True),
+    ("my dl model overfits, what do i tune", True),
 ])
 def test_the_covered_decision(chat, question, covered):
     retrieval = chat.retrieve(chat.plan(question))
