@@ -129,7 +129,7 @@ def follow_up(question: str, history: list[tuple[str, str]]) -> FollowUp | None:
     if previous is None:
         return None
     if wants_more(question):
-        example = bool(EXAMPLE.match(POLITE_OPENING.sub("", question.strip())))
+        example = bool(EXAMPLE.match(_unpolite(question)))
         return FollowUp(previous, True, more=True, example=example, said=_said(history))
     if wants_shorter(question):
         return FollowUp(previous, True, more=True, brief=True)
@@ -145,7 +145,7 @@ def _subject(history: list[tuple[str, str]]) -> str | None:
     before it when it pointed back to that one ("and its weaknesses?" after "is it slow on big data?"
     after "how does DBSCAN work?" is about DBSCAN). One step back only: a long chat of short questions would
     otherwise drag every earlier subject along."""
-    asked = [q for q, _ in history if not (social(q) or wants_more(q) or wants_shorter(q))]
+    asked = [q for q, _ in history if not _about_the_answer(q)]
     if not asked:
         return None
     if len(asked) > 1 and _points_back(asked[-1]):
@@ -153,15 +153,25 @@ def _subject(history: list[tuple[str, str]]) -> str | None:
     return asked[-1]
 
 
+def _unpolite(question: str) -> str:
+    """The question without the polite words it opens with ("ok and gmm" -> "and gmm")."""
+    return POLITE_OPENING.sub("", question.strip())
+
+
 def wants_more(question: str) -> bool:
     """Asks for more of the answer before, or an example of it ("tell me more", "ok, give me an example")."""
-    asked = POLITE_OPENING.sub("", question.strip())
+    asked = _unpolite(question)
     return bool(MORE.match(asked) or EXAMPLE.match(asked))
 
 
 def wants_shorter(question: str) -> bool:
     """Asks for the answer before in short ("tl;dr", "ok, summarize that")."""
-    return bool(SHORTER.match(POLITE_OPENING.sub("", question.strip())))
+    return bool(SHORTER.match(_unpolite(question)))
+
+
+def _about_the_answer(question: str) -> bool:
+    """Polite, or about the answer before ("tell me more", "tl;dr"): no subject of its own for a follow-up."""
+    return social(question) or wants_more(question) or wants_shorter(question)
 
 
 def _said(history: list[tuple[str, str]]) -> str:
@@ -169,14 +179,14 @@ def _said(history: list[tuple[str, str]]) -> str:
     said = []
     for q, a in reversed(history):
         said.append(a)
-        if not (social(q) or wants_more(q) or wants_shorter(q)):
+        if not _about_the_answer(q):
             break
     return " ".join(reversed(said))
 
 
 def _asks_on(question: str) -> bool:
     """Can only be a follow-up: it opens like one ("and for DBSCAN?", "ok and gmm") or is a bare "why?"."""
-    asked = POLITE_OPENING.sub("", question.strip())  # "ok and gmm" asks on as "and gmm" does
+    asked = _unpolite(question)  # "ok and gmm" asks on as "and gmm" does
     return bool(FOLLOWUP_START.match(asked) or BARE_WHY.match(asked))
 
 
