@@ -106,7 +106,8 @@ def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"
     section, and another section's sentences only if they give one."""
     ranked = ranked_sentences(chat, retrieval, context)
     if said:
-        ranked = [t for t in ranked if not said_before(t[1], said)]
+        spoken = _flat(said)  # once, not for every sentence
+        ranked = [t for t in ranked if not _said_in(t[1], spoken)]
     if example:  # an example from the best section, else one another section gives, never a mere other section
         ranked = [t for t in ranked if t[0] == 0 or EXAMPLE_CUE.search(t[1])]
         ranked.sort(key=lambda t: (t[0] > 0, not EXAMPLE_CUE.search(t[1])))  # stable: by similarity within
@@ -130,10 +131,17 @@ def pick_sentences(chat: "Chat", retrieval: "Retrieval", context: list["Passage"
 
 def said_before(sentence: str, said: str) -> bool:
     """The sentence is in an earlier answer, whatever the answer made of it (a label in front, a capital, a stop)."""
-    def flat(t: str) -> str:
-        return " ".join(CITATION.sub(" ", t).replace("**", "").lower().split())
-    core = flat(unquoted(sentence)).rstrip(".")
-    return bool(core) and core in flat(said)
+    return _said_in(sentence, _flat(said))
+
+
+def _said_in(sentence: str, spoken: str) -> bool:
+    core = _flat(unquoted(sentence)).rstrip(".")
+    return bool(core) and core in spoken
+
+
+def _flat(text: str) -> str:
+    """Lower case, no citation marks, bold or line breaks: a sentence as an answer may show it."""
+    return " ".join(CITATION.sub(" ", text).replace("**", "").lower().split())
 
 
 def section_sentences(ranked, n: int, most: int, reading: list[str], order: dict[str, int],
