@@ -31,12 +31,12 @@ from .errors import RagError
 from .chunking import CHUNKER_VERSION, Chunk
 from .feed import Post
 from .settings import Settings
-from .text import STOPWORDS
+from .text import STOPWORDS, joined_compounds
 from .vectors import build_vector_index
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: chunks.context, the title and headings each chunk was embedded with
+SCHEMA_VERSION = 3  # 2: chunks.context, the title and headings each chunk was embedded with; 3: keyword_text
 DB_FILE, VECTORS_FILE, MANIFEST_FILE = "chunks.sqlite", "vectors.faiss", "manifest.json"
 CURRENT_FILE, PREVIOUS_FILE = "CURRENT", "PREVIOUS"
 
@@ -102,9 +102,17 @@ def mismatches(manifest: dict, settings: Settings) -> list[str]:
     return [f"{k}: index has {built.get(k)!r}, settings want {v!r}" for k, v in wanted.items() if built.get(k) != v]
 
 
+def keyword_text(text: str) -> str:
+    """What the keyword index holds of a chunk, and searches of a question: one-letter compounds joined up, as
+    rag.text counts words. Split by FTS, "k-means" put a "k" into every clustering chunk, so the "k" of "how do I
+    pick k?" matched them all instead of the few that speak of choosing k."""
+    return joined_compounds(text)
+
+
 def keyword_query(text: str) -> str:
-    """A safe FTS5 OR-query from free text: quoted words, so user input is never FTS syntax."""
-    words = dict.fromkeys(w for w in re.findall(r"\w+", text.lower()) if w not in STOPWORDS and len(w) > 1)
+    """A safe FTS5 OR-query from free text: quoted words, so user input is never FTS syntax. A single letter
+    that is no stop word stays ("k", "p"): with compounds joined it names a quantity."""
+    words = dict.fromkeys(w for w in re.findall(r"\w+", keyword_text(text.lower())) if w not in STOPWORDS)
     return " OR ".join(f'"{w}"' for w in list(words)[:64])
 
 
@@ -320,7 +328,7 @@ class GenerationWriter:
             self.db.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?)",
                             (self.next_id, chunk.post_guid, chunk.section, chunk.section_no, chunk.url,
                              chunk.text, chunk.position, chunk.context, np.asarray(vector, dtype="float32").tobytes()))
-            self.db.execute("INSERT INTO chunks_fts(rowid, body) VALUES (?, ?)", (self.next_id, chunk.embed_text))
+            self.db.execute("INSERT INTO chunks_fts(rowid, body) VALUES (?, ?)", (self.next_id, keyword_text(chunk.embed_text)))
             self.next_id += 1
 
     def commit(self) -> str:

@@ -139,7 +139,7 @@ def sentences(text: str) -> list[str]:
 
 # a hyphenated term with a one-letter part ("k-means", "t-sne", "n-gram") is one word, written joined up: split,
 # "k-means" would be the everyday "means" ("this means ...") and tie k-means questions to unrelated sections
-_ONE_LETTER_COMPOUND = re.compile(r"\b[a-z]+(?:-[a-z]+)+\b")
+_ONE_LETTER_COMPOUND = re.compile(r"\b[a-z]+(?:-[a-z]+)+\b", re.IGNORECASE)
 
 
 def _joined(match: re.Match) -> str:
@@ -147,8 +147,14 @@ def _joined(match: re.Match) -> str:
     return term.replace("-", "") if min(map(len, term.split("-"))) == 1 else term
 
 
+def joined_compounds(text: str) -> str:
+    """`text` with its one-letter compounds written joined up ("K-Means" -> "KMeans"), the rest as it was: how
+    the words of a question and of the posts are counted and searched everywhere."""
+    return _ONE_LETTER_COMPOUND.sub(_joined, text)
+
+
 def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", _ONE_LETTER_COMPOUND.sub(_joined, text.lower()))
+    return re.findall(r"[a-z0-9]+", joined_compounds(text.lower()))
 
 
 def content_words(text: str) -> set[str]:

@@ -1,6 +1,7 @@
 """The index on disk: incremental updates, crash safety, locking, manifest checks. Real model, real files."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from filelock import FileLock
 
 from rag.chunking import Chunker
 from rag.feed import read_feed
-from rag.index import SCHEMA_VERSION, Index, IndexUnavailable, current_generation
+from rag.index import SCHEMA_VERSION, Index, IndexUnavailable, current_generation, keyword_query
 from rag.indexer import IndexBusy, update_index
 from rag.embedder import embed, load_embedder
 
@@ -46,6 +47,23 @@ def test_index_is_queryable_dense_and_keyword(full_index):
     assert index.keyword_search('" * -- ( ) :', 5) == []
     assert all(s > 0 for _, s in index.keyword_search('" OR NEAR( * -- AND', 5))
 
+
+def test_keyword_search_reads_a_one_letter_compound_as_one_word(full_index):
+    """"k-means" is one word to the keyword index, as to the rest of the chat: split, it was "k" and the everyday
+    "means", so "k-means" found sections saying "this means" and a lone "k" found every clustering chunk."""
+    settings, _ = full_index
+    index = Index.open(settings)
+    assert keyword_query("how do I pick k for k-means?") == '"pick" OR "k" OR "kmeans"'
+    for term in ("k-means", "t-SNE"):
+        hits = index.keyword_search(term, 20)
+        texts = index.chunks([i for i, _ in hits])
+        assert hits and all(term.lower() in texts[i].embed_text.lower() for i, _ in hits), term
+    means = [index.chunks([i])[i].embed_text.lower() for i, _ in index.keyword_search("means", 50)]
+    assert means and all(re.search(r"(?<!k-)\bmean", t) for t in means)  # "mean", "means", "meaning": stems
+    # a lone "k" finds where the posts speak of k itself ("the optimal k?", "as a function of k")
+    k_hits = [index.chunks([i])[i].embed_text for i, _ in index.keyword_search("k", 50)]
+    assert any("optimal k" in t for t in k_hits)
+    assert all(re.search(r"(?<![a-z-])k(?![a-z-])", t, re.IGNORECASE) for t in k_hits)  # "k", "top-k", "p_k"
 
 def test_new_and_changed_posts_are_the_only_ones_embedded(tmp_path, settings_for):
     settings = settings_for(tmp_path / "index")
