@@ -25,14 +25,20 @@ through to too under until up very was we were what when where which while who w
 your""".split()
 # Words that carry no topic in a question ("explain the difference between ... vs ..."); a search or an
 # overlap test would rank on them otherwise.
-QUERY_WORDS = {"explain", "tell", "describe", "difference", "vs", "versus"}
+QUERY_WORDS = {"explain", "tell", "describe", "difference", "vs", "versus", "diff", "diffs", "nutshell", "rundown",
+               "tldr", "eli5"}
+# Chat filler typed for a word or phrase that names no topic ("plz", "thx", "prolly", "smth", "sorta"). Rare in
+# written English, such a word counted as the name of something the posts never mention, the strongest "not
+# covered" signal: "whats the diff between bagging and boosting" was refused with a heading cosine of 0.93.
+# Written from general chat usage, not from any question set.
+CHAT_WORDS = frozenset("""pls plz thx ty abt rly prolly smth sth wrt sorta kinda dunno idk imo tbh btw ques u ur""".split())
 # Contractions: the pieces NLTK's full list has for "don't", "isn't", "we'll" split at the apostrophe, and the
 # same words typed without it ("whats the catch?", "dont get it"). Counted as content words, "whats" made a
 # three-word follow-up look like a complete four-word question and a word the posts never use.
 CONTRACTIONS = frozenset("""ain aren couldn didn doesn don hadn hasn haven isn ll mightn mustn needn re shan shouldn
 ve wasn weren won wouldn whats hows whys wheres whens whos thats theres heres dont doesnt didnt isnt arent wasnt
 werent cant couldnt shouldnt wouldnt hasnt havent hadnt im ive youre youve theyre""".split())
-STOPWORDS = frozenset(NLTK_STOPWORDS) | QUERY_WORDS | CONTRACTIONS
+STOPWORDS = frozenset(NLTK_STOPWORDS) | QUERY_WORDS | CONTRACTIONS | CHAT_WORDS
 
 CITATION = re.compile(r"\s*\[\d+\]")
 _MARK = re.compile(r"\[(\d+)\]")
@@ -92,6 +98,10 @@ SHORTHAND = {
     "impl": "implementation", "arch": "architecture", "infra": "infrastructure", "stats": "statistics",
     "clf": "classifier", "dl": "deep learning", "eval": "evaluation", "func": "function", "obj": "objective",
     "dim": "dimension",
+    # clipped everyday words of the same kind (2026-12-07, from usage: each counted as an unknown rare word)
+    "avg": "average", "param": "parameter", "hyperparam": "hyperparameter", "pred": "prediction",
+    "preds": "predictions", "config": "configuration", "configs": "configurations", "mem": "memory",
+    "dnn": "deep neural network",
 }
 
 _stemmer = snowballstemmer.stemmer("english")
