@@ -111,8 +111,9 @@ def keyword_text(text: str) -> str:
 
 def keyword_query(text: str) -> str:
     """A safe FTS5 OR-query from free text: quoted words, so user input is never FTS syntax. A single letter
-    that is no stop word stays ("k", "p"): with compounds joined it names a quantity."""
-    words = dict.fromkeys(w for w in re.findall(r"\w+", keyword_text(text.lower())) if w not in STOPWORDS)
+    that is no stop word stays ("k", "p"; not the "s" of "what's"): with compounds joined it names a quantity."""
+    words = dict.fromkeys(w for w in re.findall(r"\w+", keyword_text(text.lower()))
+                          if w not in STOPWORDS and (len(w) > 1 or w.isalpha()))
     return " OR ".join(f'"{w}"' for w in list(words)[:64])
 
 

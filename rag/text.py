@@ -37,7 +37,7 @@ CHAT_WORDS = frozenset("""pls plz thx ty abt rly prolly smth sth wrt sorta kinda
 # three-word follow-up look like a complete four-word question and a word the posts never use.
 CONTRACTIONS = frozenset("""ain aren couldn didn doesn don hadn hasn haven isn ll mightn mustn needn re shan shouldn
 ve wasn weren won wouldn whats hows whys wheres whens whos thats theres heres dont doesnt didnt isnt arent wasnt
-werent cant couldnt shouldnt wouldnt hasnt havent hadnt im ive youre youve theyre""".split())
+werent cant couldnt shouldnt wouldnt hasnt havent hadnt im ive youre youve theyre s t d m o y""".split())
 STOPWORDS = frozenset(NLTK_STOPWORDS) | QUERY_WORDS | CONTRACTIONS | CHAT_WORDS
 
 CITATION = re.compile(r"\s*\[\d+\]")

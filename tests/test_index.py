@@ -54,6 +54,7 @@ def test_keyword_search_reads_a_one_letter_compound_as_one_word(full_index):
     settings, _ = full_index
     index = Index.open(settings)
     assert keyword_query("how do I pick k for k-means?") == '"pick" OR "k" OR "kmeans"'
+    assert keyword_query("what's t-SNE? don't use 0-1 loss") == '"tsne" OR "use" OR "loss"'  # no "s", "t", "0"
     for term in ("k-means", "t-SNE"):
         hits = index.keyword_search(term, 20)
         texts = index.chunks([i for i, _ in hits])
