@@ -211,9 +211,9 @@ class Chat:
         names nothing the posts never mention ("how do I bake sourdough?" after an optimizer question stays
         alone), it has a pronoun or is not covered alone ("why not just init everything to zero?" after a Xavier
         question stays alone), it has a pronoun or joined its best section has one of its words ("tell me a
-        joke" stays alone), joined it is likelier covered than alone (by `followup_margin`), and its best section is
-        one of the previous question's (`_near_previous`), so a complete question is not mixed with an unrelated
-        previous one. An explicit follow-up is covered if it is covered
+        joke" stays alone), joined it is likelier covered than alone (by `followup_margin`), and, without a pronoun,
+        its best section is one of the previous question's (`_near_previous`), so a complete question is not mixed
+        with an unrelated previous one. An explicit follow-up is covered if it is covered
         joined or, failing that, alone. Which earlier question counts as "previous" is rag.conversation's
         decision."""
         k, fusion = k or plan.k, fusion or plan.fusion
@@ -243,17 +243,19 @@ class Chat:
         # follow-up can also look covered alone, in some other section: the likelier of the two decides, and
         # a tie goes to the question as asked ("why is my random forest overfitting?" after a bagging question
         # was joined at 0.94 vs 0.94 and answered about bagging).
-        if (has_pronoun(plan.question) or stems(plan.question) & _section_stems(joined)) \
+        pronoun = has_pronoun(plan.question)
+        if (pronoun or stems(plan.question) & _section_stems(joined)) \
                 and joined.confidence > alone.confidence + self.settings.followup_margin \
-                and self._near_previous(joined, plan, fusion):
+                and (pronoun or self._near_previous(joined, plan, fusion)):
             return joined
         return alone
 
     def _near_previous(self, joined: Retrieval, plan: Plan, fusion: str) -> bool:
         """Whether joined, the question is answered from one of the previous question's own best sections. A
-        follow-up asks on about what was just answered; a complete question mixed with an unrelated turn can
-        still gain confidence from that turn's words and then be answered from a section neither question is
-        about ("how do I pick k for k-means?" after a positional-encoding question, from the K-Means++ section)."""
+        follow-up without a pronoun asks on about what was just answered; a complete question mixed with an
+        unrelated turn can still gain confidence from that turn's words ("how do I pick k for k-means?" after a
+        positional-encoding question). With a pronoun the user points back, and may move on: "how is it different
+        from random forest?" after "explain gradient boosting" is about a section neither top five holds."""
         before = self.retriever.search(plan.previous, DECISION_SECTIONS, post=plan.post, fusion=fusion)
         top = joined.passages[0]
         return (top.post_guid, top.section) in {(p.post_guid, p.section) for p in before.passages}

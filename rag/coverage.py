@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RagError
-from .text import SHORTHAND, STOPWORDS, content_words, stem, stems, words
+from .text import SHORTHAND, STOPWORDS, content_words, greek_names, stem, stems, words
 
 FEATURES = ("dense", "heading", "sentence", "dense_gap", "top_term_share", "log_words", "rare_unknown",
             "rare_share")
@@ -64,7 +64,7 @@ class Vocabulary:
         self.words: Counter = Counter()
         self.hyphenated: dict[str, str] = {}  # "kmeans" -> "k-means": how the posts write a joined-up term
         for text in section_texts:
-            found = set(_WORD.findall(text.lower()))
+            found = set(_WORD.findall(greek_names(text.lower())))
             joined = {w.replace("-", ""): w for w in found if "-" in w}
             self.words.update(found | set(joined) | {part for w in found if "-" in w for part in w.split("-")})
             for short, full in joined.items():

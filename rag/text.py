@@ -98,7 +98,7 @@ SHORTHAND = {
     "impl": "implementation", "arch": "architecture", "infra": "infrastructure", "stats": "statistics",
     "clf": "classifier", "dl": "deep learning", "eval": "evaluation", "func": "function", "obj": "objective",
     "dim": "dimension",
-    # clipped everyday words of the same kind (2026-12-07, from usage: each counted as an unknown rare word)
+    # clipped everyday words of the same kind (2026-12-06, from usage: each counted as an unknown rare word)
     "avg": "average", "param": "parameter", "hyperparam": "hyperparameter", "pred": "prediction",
     "preds": "predictions", "config": "configuration", "configs": "configurations", "mem": "memory",
     "dnn": "deep neural network",
@@ -157,10 +157,22 @@ def _joined(match: re.Match) -> str:
     return term.replace("-", "") if min(map(len, term.split("-"))) == 1 else term
 
 
+# Greek letters by name: the posts write "the focusing parameter γ", people type "how do i pick gamma"
+GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "Δ": "delta", "ε": "epsilon", "ϵ": "epsilon",
+         "η": "eta", "θ": "theta", "λ": "lambda", "μ": "mu", "π": "pi", "ρ": "rho", "σ": "sigma", "τ": "tau",
+         "ϕ": "phi", "φ": "phi", "ω": "omega"}
+_GREEK = re.compile("|".join(GREEK))
+
+
+def greek_names(text: str) -> str:
+    return _GREEK.sub(lambda m: f" {GREEK[m.group(0)]} ", text)
+
+
 def joined_compounds(text: str) -> str:
-    """`text` with its one-letter compounds written joined up ("K-Means" -> "KMeans"), the rest as it was: how
-    the words of a question and of the posts are counted and searched everywhere."""
-    return _ONE_LETTER_COMPOUND.sub(_joined, text)
+    """`text` with its one-letter compounds written joined up ("K-Means" -> "KMeans") and Greek letters by name
+    ("γ" -> " gamma "), the rest as it was: how the words of a question and of the posts are counted and
+    searched everywhere."""
+    return greek_names(_ONE_LETTER_COMPOUND.sub(_joined, text))
 
 
 def words(text: str) -> list[str]:

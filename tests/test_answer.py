@@ -324,6 +324,10 @@ def test_followup_uses_the_conversation(chat):
     assert "DBSCAN" in a.passages[0].text
     alone = chat.ask("and for it?")
     assert alone.refused or "DBSCAN" not in alone.passages[0].section
+    # the posts write "γ", the user "gamma": one word to the follow-up decision, which wants a word in common
+    focal = [["what about focal loss params", "The focusing parameter γ controls how aggressively ..."]]
+    gamma = chat.ask("how do i pick gamma", focal)
+    assert not gamma.refused and "γ" in gamma.passages[0].section, gamma.answer
     # a pronoun says what it is about even when the section never uses the question's own word ("weaknesses")
     weak = chat.ask("what are its weaknesses?", [["how does DBSCAN work?", "It grows clusters from dense points."]])
     assert not weak.refused and "DBSCAN" in weak.citations[0].section, weak.answer
@@ -412,6 +416,10 @@ def test_a_complete_question_is_not_mixed_with_the_previous_turn(chat):
     encodings = [["why do transformers need positional encodings", "Transformers have no inherent notion of order."]]
     pick_k = chat.retrieve(chat.plan("how do I pick k for k-means?", encodings))
     assert not pick_k.joined and all("position" not in p.section.lower() for p in pick_k.passages)
+    # with a pronoun it points back even when it moves on, to a section the previous question never found
+    boosting = [["explain gradient boosting", "Optimizes the same regularized boosting objective ..."]]
+    rf = chat.retrieve(chat.plan("how is it different from random forest", boosting))
+    assert rf.joined and "bagging" in rf.passages[0].section.lower(), rf.passages[0].section
     # seen in the browser: short and about the same topic, but the posts answer it as asked, in its own section
     xavier = [["what's xavier init", "Xavier initialization keeps the variance of activations constant."]]
     zero = chat.retrieve(chat.plan("why not just init everything to zero", xavier))
