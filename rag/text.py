@@ -25,8 +25,9 @@ through to too under until up very was we were what when where which while who w
 your""".split()
 # Words that carry no topic in a question ("explain the difference between ... vs ..."); a search or an
 # overlap test would rank on them otherwise.
-QUERY_WORDS = {"explain", "tell", "describe", "difference", "vs", "versus", "diff", "diffs", "nutshell", "rundown",
-               "tldr", "eli5"}
+QUERY_WORDS = {"explain", "explains", "explained", "explaining", "tell", "tells", "describe", "describes",
+               "described", "describing", "difference", "differences", "vs", "versus", "diff", "diffs", "nutshell",
+               "rundown", "tldr", "eli5"}
 # Chat filler typed for a word or phrase that names no topic ("plz", "thx", "prolly", "smth", "sorta"). Rare in
 # written English, such a word counted as the name of something the posts never mention, the strongest "not
 # covered" signal: "whats the diff between bagging and boosting" was refused with a heading cosine of 0.93.
