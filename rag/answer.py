@@ -146,7 +146,11 @@ class Chat:
         turns = check_history(history, max_chars)
         mode = get_mode(mode or self.settings.answer_mode).name
         follow = follow_up(question, turns) or FollowUp(None, False)  # a standalone question follows nothing
-        return Plan(question, follow.previous, follow.explicit, post or None, check_k(k, self.settings.top_k),
+        previous, post = follow.previous, post or None
+        numbered = follow.more and previous and numbered_question(previous, self.outlines(), post)
+        if numbered:  # "tell me more" after "what's Q3 in ...": that question again, as the post asks it
+            previous, post = numbered[1], numbered[0].guid
+        return Plan(question, previous, follow.explicit, post, check_k(k, self.settings.top_k),
                     fusion or self.settings.fusion, mode, follow.more, follow.said, follow.example, follow.brief)
 
     def retrieve(self, plan: Plan, k: int | None = None, fusion: str | None = None) -> Retrieval:
@@ -220,9 +224,7 @@ class Chat:
         if not plan.previous:
             return self.retriever.search(plan.question, k, post=plan.post, fusion=fusion)
         if plan.more:  # "tell me more": the question before, asked again (the answer leaves out what was said)
-            numbered = numbered_question(plan.previous, self.outlines(), plan.post)  # "what's Q3 in ..." before
-            question, post = (numbered[1], numbered[0].guid) if numbered else (plan.previous, plan.post)
-            return replace(self.retriever.search(question, k, post=post, fusion=fusion), joined=True)
+            return replace(self.retriever.search(plan.previous, k, post=plan.post, fusion=fusion), joined=True)
         if plan.explicit:  # "and what are DBSCAN's weaknesses?": joined first, alone if joined it is not covered
             joined = self.retriever.search(plan.question, k, post=plan.post, fusion=fusion, context=plan.previous)
             if joined.covered:
