@@ -103,9 +103,9 @@ def mismatches(manifest: dict, settings: Settings) -> list[str]:
 
 
 def keyword_text(text: str) -> str:
-    """What the keyword index holds of a chunk, and searches of a question: one-letter compounds joined up, as
-    rag.text counts words. Split by FTS, "k-means" put a "k" into every clustering chunk, so the "k" of "how do I
-    pick k?" matched them all instead of the few that speak of choosing k."""
+    """What the keyword index holds of a chunk, and searches of a question: one-letter compounds joined up and
+    Greek letters by name, as rag.text counts words. Split by FTS, "k-means" put a "k" into every clustering
+    chunk, so the "k" of "how do I pick k?" matched them all instead of the few that speak of choosing k."""
     return joined_compounds(text)
 
 
@@ -329,7 +329,8 @@ class GenerationWriter:
             self.db.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?)",
                             (self.next_id, chunk.post_guid, chunk.section, chunk.section_no, chunk.url,
                              chunk.text, chunk.position, chunk.context, np.asarray(vector, dtype="float32").tobytes()))
-            self.db.execute("INSERT INTO chunks_fts(rowid, body) VALUES (?, ?)", (self.next_id, keyword_text(chunk.embed_text)))
+            self.db.execute("INSERT INTO chunks_fts(rowid, body) VALUES (?, ?)",
+                            (self.next_id, keyword_text(chunk.embed_text)))
             self.next_id += 1
 
     def commit(self) -> str:

@@ -32,7 +32,7 @@ QUERY_WORDS = {"explain", "explains", "explained", "explaining", "tell", "tells"
 # written English, such a word counted as the name of something the posts never mention, the strongest "not
 # covered" signal: "whats the diff between bagging and boosting" was refused with a heading cosine of 0.93.
 # Written from general chat usage, not from any question set.
-CHAT_WORDS = frozenset("""pls plz thx ty abt rly prolly smth sth wrt sorta kinda dunno idk imo tbh btw ques u ur""".split())
+CHAT_WORDS = frozenset("pls plz thx ty abt rly prolly smth sth wrt sorta kinda dunno idk imo tbh btw ques u ur".split())
 # Contractions: the pieces NLTK's full list has for "don't", "isn't", "we'll" split at the apostrophe, and the
 # same words typed without it ("whats the catch?", "dont get it"). Counted as content words, "whats" made a
 # three-word follow-up look like a complete four-word question and a word the posts never use.
