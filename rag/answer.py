@@ -18,7 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
-from .catalog import PostOutline, catalog_reply, numbered_question, post_outlines
+from .catalog import PostOutline, asks_by_number, catalog_reply, numbered_question, post_outlines
 from .conversation import (FollowUp, check_history, check_k, check_question, follow_up, has_pronoun, opens_on,
                            polite_reply, social)
 from .coverage import DECISION_SECTIONS
@@ -147,9 +147,9 @@ class Chat:
         mode = get_mode(mode or self.settings.answer_mode).name
         follow = follow_up(question, turns) or FollowUp(None, False)  # a standalone question follows nothing
         previous, post = follow.previous, post or None
-        numbered = follow.more and previous and numbered_question(previous, self.outlines(), post)
-        if numbered:  # "tell me more" after "what's Q3 in ...": that question again, as the post asks it
-            previous, post = numbered[1], numbered[0].guid
+        if previous and asks_by_number(previous):  # after "what's Q3 in ...": that question, as the post asks it
+            numbered = numbered_question(previous, self.outlines(), post)
+            previous = numbered[1] if numbered else previous
         return Plan(question, previous, follow.explicit, post, check_k(k, self.settings.top_k),
                     fusion or self.settings.fusion, mode, follow.more, follow.said, follow.example, follow.brief)
 
@@ -258,6 +258,8 @@ class Chat:
         unrelated turn can still gain confidence from that turn's words ("how do I pick k for k-means?" after a
         positional-encoding question). With a pronoun the user points back, and may move on: "how is it different
         from random forest?" after "explain gradient boosting" is about a section neither top five holds."""
+        if not joined.passages:
+            return False
         before = self.retriever.search(plan.previous, DECISION_SECTIONS, post=plan.post, fusion=fusion)
         top = joined.passages[0]
         return (top.post_guid, top.section) in {(p.post_guid, p.section) for p in before.passages}

@@ -125,6 +125,11 @@ def _plain_heading(heading: str) -> str:
     return _NUMBER.sub("", heading).strip()
 
 
+def asks_by_number(question: str) -> bool:
+    """Whether a question asks for a question by its number ("Q7", "question 3"): cheap, no index read."""
+    return bool(_ASKED_NUMBER.search(_normal(question)))
+
+
 def numbered_question(question: str, outlines: list[PostOutline], post: str | None = None
                       ) -> tuple[PostOutline, str] | None:
     """ "explain Q7 of the random forest post", "what's question 3 in this post?" (with a post chosen): the post

@@ -29,7 +29,8 @@ class Chunk:
 
     @property
     def embed_text(self) -> str:
-        """What the embedder and BM25 see: the passage with its post title and headings as context."""
+        """What the embedder sees, and BM25 after rag.index.keyword_text: the passage with its post title and
+        headings as context."""
         return (self.context or context_prefix(self.post_title, self.section)) + self.text
 
 

@@ -102,6 +102,9 @@ def mismatches(manifest: dict, settings: Settings) -> list[str]:
     return [f"{k}: index has {built.get(k)!r}, settings want {v!r}" for k, v in wanted.items() if built.get(k) != v]
 
 
+_ABBREVIATION = re.compile(r"\b(?:e\.g|i\.e|a\.k\.a|cf|etc)\.")
+
+
 def keyword_text(text: str) -> str:
     """What the keyword index holds of a chunk, and searches of a question: one-letter compounds joined up and
     Greek letters by name, as rag.text counts words. Split by FTS, "k-means" put a "k" into every clustering
@@ -112,8 +115,8 @@ def keyword_text(text: str) -> str:
 def keyword_query(text: str) -> str:
     """A safe FTS5 OR-query from free text: quoted words, so user input is never FTS syntax. A single letter
     that is no stop word stays ("k", "p"; not the "s" of "what's"): with compounds joined it names a quantity."""
-    words = dict.fromkeys(w for w in re.findall(r"\w+", keyword_text(text.lower()))
-                          if w not in STOPWORDS and (len(w) > 1 or w.isalpha()))
+    text = _ABBREVIATION.sub(" ", keyword_text(text.lower()))  # "e.g." is no "e" and "g"
+    words = dict.fromkeys(w for w in re.findall(r"\w+", text) if w not in STOPWORDS and (len(w) > 1 or w.isalpha()))
     return " OR ".join(f'"{w}"' for w in list(words)[:64])
 
 

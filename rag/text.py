@@ -159,14 +159,15 @@ def _joined(match: re.Match) -> str:
 
 
 # Greek letters by name: the posts write "the focusing parameter γ", people type "how do i pick gamma"
-GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "Δ": "delta", "ε": "epsilon", "ϵ": "epsilon",
-         "η": "eta", "θ": "theta", "λ": "lambda", "μ": "mu", "π": "pi", "ρ": "rho", "σ": "sigma", "τ": "tau",
-         "ϕ": "phi", "φ": "phi", "ω": "omega"}
-_GREEK = re.compile("|".join(GREEK))
+GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "ϵ": "epsilon", "ζ": "zeta",
+         "η": "eta", "θ": "theta", "κ": "kappa", "λ": "lambda", "μ": "mu", "ν": "nu", "ξ": "xi", "π": "pi",
+         "ρ": "rho", "σ": "sigma", "ς": "sigma", "τ": "tau", "ϕ": "phi", "φ": "phi", "χ": "chi", "ψ": "psi",
+         "ω": "omega"}
+_GREEK = re.compile("|".join(GREEK), re.IGNORECASE)  # "Σ", "Δ" too: the keyword index is not lower-cased first
 
 
 def greek_names(text: str) -> str:
-    return _GREEK.sub(lambda m: f" {GREEK[m.group(0)]} ", text)
+    return _GREEK.sub(lambda m: f" {GREEK.get(m.group(0).lower(), GREEK.get(m.group(0)))} ", text)
 
 
 def joined_compounds(text: str) -> str:

@@ -145,6 +145,7 @@ def test_a_question_asked_by_its_number_in_a_post_is_answered(chat):
     assert more.citations[0].section == a.citations[0].section and more.query == heading
     plan = chat.plan("tell me more", [["what's Q3 in the clustering post?", a.answer]])
     assert plan.previous == heading  # what every mode asks again, the generate mode's model too
+    assert chat.plan("why?", [["what's Q3 in the clustering post?", a.answer]]).previous == heading  # any follow-up
     missing = chat.ask("what is q5 in the clustering post")  # the post skips Q5
     assert missing.answer.startswith("It has no question 5.") and "**Q6.**" in missing.answer
     outlines = post_outlines(chat.retriever.index)

@@ -55,6 +55,8 @@ def test_keyword_search_reads_a_one_letter_compound_as_one_word(full_index):
     index = Index.open(settings)
     assert keyword_query("how do I pick k for k-means?") == '"pick" OR "k" OR "kmeans"'
     assert keyword_query("what's t-SNE? don't use 0-1 loss") == '"tsne" OR "use" OR "loss"'  # no "s", "t", "0"
+    assert keyword_query("a norm, e.g. LayerNorm, i.e. per token") == '"norm" OR "layernorm" OR "per" OR "token"'
+    assert keyword_query("Σ or σ? ΔW") == '"sigma" OR "delta" OR "w"'  # Greek letters by name, either case
     for term in ("k-means", "t-SNE"):
         hits = index.keyword_search(term, 20)
         texts = index.chunks([i for i, _ in hits])
@@ -64,7 +66,7 @@ def test_keyword_search_reads_a_one_letter_compound_as_one_word(full_index):
     # a lone "k" finds where the posts speak of k itself ("the optimal k?", "as a function of k")
     k_hits = [index.chunks([i])[i].embed_text for i, _ in index.keyword_search("k", 50)]
     assert any("optimal k" in t for t in k_hits)
-    assert all(re.search(r"(?<![a-z-])k(?![a-z-])", t, re.IGNORECASE) for t in k_hits)  # "k", "top-k", "p_k"
+    assert all(re.search(r"(?<![a-z-])k(?![a-z-])", t, re.IGNORECASE) for t in k_hits)  # "k", "p_k", "(k)"
 
 def test_new_and_changed_posts_are_the_only_ones_embedded(tmp_path, settings_for):
     settings = settings_for(tmp_path / "index")
