@@ -144,7 +144,7 @@ def _numbered(q: str, outlines: list[PostOutline], post: str | None) -> tuple[Po
     if not asked:
         return None
     topic = _topic(q[:asked.start()] + " " + q[asked.end():])
-    chosen = _named_post(topic, outlines) if topic else next((o for o in outlines if o.guid == post), None)
+    chosen = _named_post(topic, outlines) if topic else _filtered_post(outlines, post)
     if chosen is None or not (_ABOUT_A_POST.search(q) or post):
         return None
     n = int(asked.group(1))
@@ -189,7 +189,7 @@ def catalog_reply(question: str, outlines: list[PostOutline], post: str | None =
         return None
     topic = _topic(q)
     if not topic:  # "summarize this post": the one the chat is filtered to, else say which there are
-        chosen = next((o for o in outlines if o.guid == post), None)
+        chosen = _filtered_post(outlines, post)
         return outline(chosen) if chosen else overview(outlines)
     named = _named_post(topic, outlines)
     return outline(named) if named else None
@@ -201,12 +201,17 @@ def _named_post(topic: set[str], outlines: list[PostOutline]) -> PostOutline | N
     return named[0] if len(named) == 1 else None
 
 
+def _filtered_post(outlines: list[PostOutline], post: str | None) -> PostOutline | None:
+    """The post the chat is filtered to ("this post"), if any."""
+    return next((o for o in outlines if o.guid == post), None)
+
+
 def practice_hint(topic: str, outlines: list[PostOutline], post: str | None = None) -> Reply | None:
     """ "quiz me on random forests": practice mode is what grades answers, so the reply points to it with one of
     the posts' questions on that topic (a post whose title names it, else the heading sharing most of its
     words). None when no question is about it: the chat searches the posts as usual."""
     words = _topic(topic)
-    named = _named_post(words, outlines) or next((o for o in outlines if o.guid == post), None)
+    named = _named_post(words, outlines) or _filtered_post(outlines, post)
     if named or not words:
         o = named or random.choice(outlines)
         asked = [h for h in o.headings if h.endswith("?") and not VAGUE.search(h)] or list(o.headings)
